@@ -1,0 +1,95 @@
+"""Helpers shared by the tests: run or import a snippet, start a server snippet on loopback."""
+
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+SNIPPETS = REPO / "snippets"
+MODELS = REPO / "models"  # git-ignored cache of converted checkpoints
+
+
+def run_snippet(relpath: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> str:
+    """Run snippets/<relpath> as a reader would (`python file.py ...`); return its stdout."""
+    proc = subprocess.run(
+        [sys.executable, str(SNIPPETS / relpath), *args],
+        cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{relpath} failed:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def load_snippet(relpath: str):
+    """Import snippets/<relpath> as a module, to test its functions directly."""
+    path = SNIPPETS / relpath
+    name = "snippet_" + relpath.replace("/", "_").removesuffix(".py")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(relpath: str, *args: str, ready_path: str = "/health", startup_timeout: float = 120):
+    """Start a server snippet on a free loopback port in its own process group; yield its URL.
+
+    The whole group is killed on exit, so no server outlives its test.
+    """
+    port = free_port()
+    stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks
+    proc = subprocess.Popen(
+        [sys.executable, str(SNIPPETS / relpath), "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                stderr.seek(0)
+                raise RuntimeError(f"{relpath} exited with {proc.returncode}:\n{stderr.read()[-3000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url + ready_path, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{relpath} not ready after {startup_timeout} s")
+            time.sleep(0.2)
+        yield ServerHandle(url, proc, stderr)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        stderr.close()
+
+
+class ServerHandle:
+    """A running server: its base URL and its process (for signals and exit codes)."""
+
+    def __init__(self, url: str, proc: subprocess.Popen, stderr):
+        self.url = url
+        self.proc = proc
+        self._stderr = stderr
+
+    def log(self) -> str:
+        """Everything the server wrote to stderr so far."""
+        self._stderr.flush()
+        self._stderr.seek(0)
+        return self._stderr.read()

@@ -68,7 +68,7 @@ def export_dataset(db: sqlite3.Connection, out_path: Path) -> int:
     """Write one JSONL row per rated answer; unrated answers stay out. Returns the row count."""
     rows = db.execute(
         "SELECT i.prompt, i.answer, f.rating, i.model FROM interactions i "
-        "JOIN feedback f ON f.interaction_id = i.id ORDER BY i.created_at, i.id"
+        "JOIN feedback f ON f.interaction_id = i.id ORDER BY i.rowid"  # insertion order
     ).fetchall()
     with out_path.open("w", encoding="utf-8") as out:
         for prompt, answer, rating, model in rows:

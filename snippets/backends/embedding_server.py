@@ -101,13 +101,15 @@ class Batcher:
         self.waiting += len(items)
         QUEUE_DEPTH.set(self.waiting)
         try:
-            rows = await asyncio.wait_for(asyncio.gather(*(i.future for i in items)), timeout)
+            async with asyncio.timeout(timeout):
+                rows = [await item.future for item in items]
         except TimeoutError:
             raise ApiError(504, f"Request timed out after {timeout:g} s waiting for the model.",
                            code="timeout") from None
-        finally:  # timeout, client gone, or done: free the slots of inputs not yet taken
+        finally:  # answered, timed out or client gone: inputs still queued give their slots back
             for item in items:
-                if item.future.cancel() and not item.taken:
+                item.future.cancel()  # the worker skips cancelled inputs
+                if not item.taken:
                     self.waiting -= 1
             QUEUE_DEPTH.set(self.waiting)
         return np.stack(rows)
@@ -256,6 +258,7 @@ class MetricsAndAuth:
                                       "invalid_request_error", code="invalid_api_key")
             return await response(scope, receive, send)
         status, started = 500, time.perf_counter()
+        inference = route in ("/v1/embeddings", "/v2/infer")
 
         async def send_and_note_status(message):
             nonlocal status
@@ -263,13 +266,14 @@ class MetricsAndAuth:
                 status = message["status"]
             await send(message)
 
-        IN_PROGRESS.inc()
+        if inference:
+            IN_PROGRESS.inc()
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            IN_PROGRESS.dec()
             REQUESTS.labels(route, str(status)).inc()
-            if route in ("/v1/embeddings", "/v2/infer"):
+            if inference:
+                IN_PROGRESS.dec()
                 LATENCY.observe(time.perf_counter() - started)
 
 
@@ -348,12 +352,12 @@ def create_app(batcher: Batcher, api_key: str | None, request_timeout: float) ->
         else:
             data = vectors.tolist()
         n_tokens = sum(len(ids) for ids in token_ids)
-        return {
+        return JSONResponse({  # a JSONResponse skips FastAPI's slow walk over every float
             "object": "list",
             "model": MODEL_NAME,
             "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-        }
+        })
     # --8<-- [end:openai]
 
     # --8<-- [start:v2]
@@ -410,7 +414,7 @@ def create_app(batcher: Batcher, api_key: str | None, request_timeout: float) ->
             result["id"] = body["id"]
         if not wants_binary_output(body):
             output["data"] = vectors.ravel().tolist()
-            return result
+            return JSONResponse(result)
         payload = vectors.astype("<f4").tobytes()  # binary tensor extension: JSON header, then raw bytes
         output["parameters"] = {"binary_data_size": len(payload)}
         header = json.dumps(result).encode()
@@ -490,7 +494,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     batcher = Batcher(args.max_batch_size, args.max_wait_ms, args.max_queue)
     app = create_app(batcher, args.api_key, args.request_timeout)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=args.request_timeout + 5)
     DrainingServer(config, app).run()
 

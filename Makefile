@@ -29,8 +29,16 @@ build: install
 test: install
 	$(VENV)/bin/pytest
 
+# Benchmarks write benchmarks/results/*.json|md and docs/*/img/*.png. Run them on a quiet machine.
 bench: install
+	$(PY) snippets/servable_model/gguf_to_safetensors.py
 	$(PY) benchmarks/embedding_server.py
+	$(PY) benchmarks/llm_server.py
+	$(PY) benchmarks/model_formats.py
 
 clean:
 	rm -rf site .cache .pytest_cache
+
+# Online: checks every URL in data/links.yaml and updates it. Needs the network; never run by `make test`.
+linkcheck: install
+	$(PY) tools/linkcheck.py

@@ -61,7 +61,7 @@ def test_strict_build(tmp_path):
 
 def test_broken_anchor_fails_the_build(tmp_path):
     """Proof that the build check can fail: a copy of the site with one broken anchor."""
-    for name in ("snippets", "benchmarks", "data", "mkdocs.yml"):
+    for name in ("snippets", "benchmarks", "data", "hooks", "mkdocs.yml"):
         (tmp_path / name).symlink_to(REPO / name)
     subprocess.run(["cp", "-r", str(DOCS), str(tmp_path / "docs")], check=True)
     page = tmp_path / "docs" / "index.md"

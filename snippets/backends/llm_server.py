@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import json
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -289,6 +290,23 @@ def parse_chat(body: dict, tokenizer, max_context: int) -> dict:
             raise ApiError(400, f"'messages[{i}]' has unsupported fields: {', '.join(sorted(extra))}.",
                            param=f"messages[{i}]")
 
+    if body.get("n") not in (None, 1):
+        raise ApiError(400, "Unsupported parameter: 'n' must be 1 on this server.", param="n")
+    if not isinstance(body.get("stream", False), bool):
+        raise ApiError(400, "'stream' must be true or false.", param="stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise ApiError(400, "'stream_options' may only hold 'include_usage'.", param="stream_options")
+    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)["input_ids"]
+    tokens_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    return {**sampling(body, prompt_ids, max_context, tokens_name, default_temperature=1.0),
+            "stream": body.get("stream", False), "include_usage": bool(options.get("include_usage"))}
+
+
+def sampling(body: dict, prompt_ids: list[int], max_context: int, tokens_name: str,
+             default_temperature: float) -> dict:
+    """Check the sampling settings shared by every route, naming the bad field in each message."""
     def number(name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
         value = body.get(name)
         if value is None:
@@ -299,8 +317,6 @@ def parse_chat(body: dict, tokenizer, max_context: int) -> dict:
             raise ApiError(400, f"'{name}' must be a number in {bound}, got {value!r}.", param=name)
         return float(value)
 
-    if body.get("n") not in (None, 1):
-        raise ApiError(400, "Unsupported parameter: 'n' must be 1 on this server.", param="n")
     stop = body.get("stop") or []
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
@@ -308,31 +324,43 @@ def parse_chat(body: dict, tokenizer, max_context: int) -> dict:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, f"'seed' must be an integer, got {seed!r}.", param="seed")
-    if not isinstance(body.get("stream", False), bool):
-        raise ApiError(400, "'stream' must be true or false.", param="stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise ApiError(400, "'stream_options' may only hold 'include_usage'.", param="stream_options")
-
-    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]
     room = max_context - len(prompt_ids)
     if room < 1:
         raise ApiError(400, f"The prompt has {len(prompt_ids)} tokens; the context window is {max_context}.",
                        param="messages", code="context_length_exceeded")
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = body.get(name)
+    max_tokens = body.get(tokens_name)
     if max_tokens is None:
         max_tokens = room
     elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ApiError(400, f"'{name}' must be an integer >= 1, got {max_tokens!r}.", param=name)
+        raise ApiError(400, f"'{tokens_name}' must be an integer >= 1, got {max_tokens!r}.", param=tokens_name)
     elif max_tokens > room:
-        raise ApiError(400, f"'{name}' is {max_tokens}, but the prompt has {len(prompt_ids)} tokens and the "
+        raise ApiError(400, f"'{tokens_name}' is {max_tokens}, but the prompt has {len(prompt_ids)} tokens and the "
                             f"context window is {max_context}: at most {room} tokens can be generated.",
-                       param=name, code="context_length_exceeded")
+                       param=tokens_name, code="context_length_exceeded")
     return {"prompt_ids": prompt_ids, "max_tokens": max_tokens, "stops": stops, "seed": seed,
-            "temperature": number("temperature", 1.0, 0, 2), "top_p": number("top_p", 1.0, 0, 1, low_open=True),
-            "stream": body.get("stream", False), "include_usage": bool(options.get("include_usage"))}
+            "temperature": number("temperature", default_temperature, 0, 2),
+            "top_p": number("top_p", 1.0, 0, 1, low_open=True)}
+
+
+def parse_tgi_generate(body: dict, tokenizer, max_context: int) -> dict:
+    """TGI's /generate: a raw prompt in 'inputs', settings in 'parameters'; greedy unless do_sample."""
+    unknown = sorted(set(body) - {"inputs", "parameters", "stream"})
+    if unknown:
+        raise ApiError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}.", param=unknown[0])
+    if not isinstance(body.get("inputs"), str) or not body["inputs"]:
+        raise ApiError(400, "'inputs' must be a non-empty string.", param="inputs")
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ApiError(400, "'parameters' must be an object.", param="parameters")
+    known = {"max_new_tokens", "temperature", "top_p", "seed", "stop", "do_sample"}
+    if set(parameters) - known:
+        raise ApiError(400, f"Unsupported parameter: {', '.join(sorted(set(parameters) - known))}.",
+                       param="parameters", code="unsupported_parameter")
+    settings = {**parameters, "max_new_tokens": parameters.get("max_new_tokens", 20)}
+    if not parameters.get("do_sample"):
+        settings["temperature"] = 0
+    prompt_ids = tokenizer(body["inputs"])["input_ids"]
+    return sampling(settings, prompt_ids, max_context, "max_new_tokens", default_temperature=1.0)
 
 
 async def read_json(request: Request) -> dict:
@@ -434,73 +462,101 @@ def create_app(args: argparse.Namespace) -> FastAPI:
     def models():
         return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "local"}]}
 
-    # --8<-- [start:route]
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        arrived = time.perf_counter()
+    def require_ready():
         if not state["ready"]:
             raise ApiError(503, "Model is still loading.", code="not_ready", headers={"Retry-After": "5"})
-        params = parse_chat(await read_json(request), state["tokenizer"], args.max_context)
+
+    def start(params: dict) -> TextStream:
+        """Queue a validated request in the engine; its tokens arrive through the returned stream."""
         seq = Sequence(params["prompt_ids"], params["max_tokens"], params["temperature"], params["top_p"],
                        params["seed"], loop=asyncio.get_running_loop())
         state["engine"].submit(seq)
         PROMPT_TOKENS.inc(len(seq.prompt_ids))
-        stream = TextStream(seq, state["tokenizer"], state["eos_ids"], params["stops"])
+        return TextStream(seq, state["tokenizer"], state["eos_ids"], params["stops"])
+
+    def observe(stream: TextStream, arrived: float) -> None:
+        REQUESTS.labels("200").inc()
+        if stream.first_token_at:
+            TTFT.observe(stream.first_token_at - arrived)
+        if stream.completion_tokens > 1:
+            TPOT.observe((stream.last_token_at - stream.first_token_at) / (stream.completion_tokens - 1))
+
+    async def complete(request: Request, stream: TextStream) -> str | None:
+        """The whole answer, or None if the client hung up first (its sequence is then cancelled)."""
+        async def collect() -> str:
+            return "".join([piece async for piece in stream])
+
+        work = asyncio.ensure_future(collect())
+        watcher = asyncio.ensure_future(until_disconnected(request))
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        watcher.cancel()
+        if not work.done():
+            stream.seq.cancelled = True
+            work.cancel()
+            return None
+        return work.result()
+
+    # --8<-- [start:route]
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        arrived = time.perf_counter()
+        require_ready()
+        params = parse_chat(await read_json(request), state["tokenizer"], args.max_context)
+        stream = start(params)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        n_prompt = len(params["prompt_ids"])
 
         def usage() -> dict:
-            return {"prompt_tokens": len(seq.prompt_ids), "completion_tokens": stream.completion_tokens,
-                    "total_tokens": len(seq.prompt_ids) + stream.completion_tokens}
-
-        def observe() -> None:
-            REQUESTS.labels("200").inc()
-            if stream.first_token_at:
-                TTFT.observe(stream.first_token_at - arrived)
-            if stream.completion_tokens > 1:
-                TPOT.observe((stream.last_token_at - stream.first_token_at) / (stream.completion_tokens - 1))
+            return {"prompt_tokens": n_prompt, "completion_tokens": stream.completion_tokens,
+                    "total_tokens": n_prompt + stream.completion_tokens}
 
         if not params["stream"]:
-            async def collect() -> str:
-                return "".join([piece async for piece in stream])
-
-            work = asyncio.ensure_future(collect())
-            watcher = asyncio.ensure_future(until_disconnected(request))
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            watcher.cancel()
-            if not work.done():  # the client left: stop generating for it
-                seq.cancelled = True
-                work.cancel()
-                return Response(status_code=499)
-            observe()
+            text = await complete(request, stream)
+            if text is None:
+                return Response(status_code=499)  # the client is gone; nobody reads this
+            observe(stream, arrived)
             return JSONResponse({
                 "id": completion_id, "object": "chat.completion", "created": created, "model": MODEL_ID,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": work.result()},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": stream.finish_reason}],
                 "usage": usage(),
             })
 
-        def chunk(delta: dict, finish_reason: str | None = None) -> str:
+        def chunk(choices: list, **extra) -> str:
             body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": MODEL_ID,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+                    "choices": choices, **extra}
             return f"data: {json.dumps(body)}\n\n"
 
         async def events():
             try:
-                yield chunk({"role": "assistant", "content": ""})
+                yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
                 async for piece in stream:
-                    yield chunk({"content": piece})
-                yield chunk({}, stream.finish_reason)
+                    yield chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+                yield chunk([{"index": 0, "delta": {}, "finish_reason": stream.finish_reason}])
                 if params["include_usage"]:
-                    body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                            "model": MODEL_ID, "choices": [], "usage": usage()}
-                    yield f"data: {json.dumps(body)}\n\n"
+                    yield chunk([], usage=usage())
                 yield "data: [DONE]\n\n"
-                observe()
+                observe(stream, arrived)
             finally:  # normal end, or the client disconnected and Starlette cancelled us
-                seq.cancelled = True
+                stream.seq.cancelled = True
 
         return StreamingResponse(events(), media_type="text/event-stream")
     # --8<-- [end:route]
+
+    @app.post("/generate")
+    async def tgi_generate(request: Request):
+        """Text Generation Inference's native route: raw prompt in, {"generated_text"} out."""
+        arrived = time.perf_counter()
+        require_ready()
+        body = await read_json(request)
+        if body.get("stream"):
+            raise ApiError(400, "Streaming is not offered on /generate; use /v1/chat/completions.", param="stream")
+        stream = start(parse_tgi_generate(body, state["tokenizer"], args.max_context))
+        text = await complete(request, stream)
+        if text is None:
+            return Response(status_code=499)
+        observe(stream, arrived)
+        return {"generated_text": text}
 
     return app
 
@@ -534,6 +590,9 @@ def main() -> None:
     if min(args.threads, args.max_running, args.max_waiting, args.max_context) < 1:
         parser.error("--threads, --max-running, --max-waiting and --max-context must be >= 1")
     torch.set_num_threads(args.threads)
+    # The engine thread holds the GIL between torch ops; a short switch interval lets the event loop
+    # take it back within a millisecond to send a token, instead of the default 5 ms.
+    sys.setswitchinterval(0.001)
     app = create_app(args)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=args.drain_seconds)

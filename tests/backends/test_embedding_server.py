@@ -202,15 +202,21 @@ def test_metrics_parse(server):
     assert metric(server.url, "embedding_request_latency_seconds_count") >= 1
 
 
+def long_requests_at_once(url: str, count: int) -> list[httpx.Response]:
+    """`count` concurrent 200-word requests, each from its own client."""
+    async def one(i):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await client.post("/v1/embeddings", json={"model": MODEL, "input": f"{i} " + "w " * 200})
+
+    async def all_at_once():
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+    return asyncio.run(all_at_once())
+
+
 def test_queue_full_gets_503_with_retry_after():
     with serve(SERVER, "--max-batch-size", "1", "--max-queue", "4") as small:
-        async def hammer():
-            async def one(i):
-                async with httpx.AsyncClient(base_url=small.url, timeout=60) as client:
-                    return await client.post("/v1/embeddings", json={"model": MODEL, "input": f"{i} " + "w " * 200})
-            return await asyncio.gather(*(one(i) for i in range(40)))
-
-        responses = asyncio.run(hammer())
+        responses = long_requests_at_once(small.url, 40)
         statuses = {r.status_code for r in responses}
         assert statuses == {200, 503}
         rejected = next(r for r in responses if r.status_code == 503)
@@ -220,13 +226,7 @@ def test_queue_full_gets_503_with_retry_after():
 
 def test_slow_request_gets_504():
     with serve(SERVER, "--max-batch-size", "1", "--request-timeout", "0.05") as slow:
-        async def hammer():
-            async def one(i):
-                async with httpx.AsyncClient(base_url=slow.url, timeout=60) as client:
-                    return await client.post("/v1/embeddings", json={"model": MODEL, "input": f"{i} " + "w " * 200})
-            return await asyncio.gather(*(one(i) for i in range(20)))
-
-        statuses = [r.status_code for r in asyncio.run(hammer())]
+        statuses = [r.status_code for r in long_requests_at_once(slow.url, 20)]
         assert 504 in statuses and set(statuses) <= {200, 504}
         timed_out = requests.post(slow.url + "/v1/embeddings", json={"model": MODEL, "input": ["w " * 200] * 40})
         assert timed_out.status_code == 504 and "timed out" in timed_out.json()["error"]["message"]

@@ -256,3 +256,18 @@ def test_api_key(smollm2_dir):
         reply = OpenAI(base_url=srv.url + "/v1", api_key="k").chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
         assert reply.usage.completion_tokens >= 1
+
+
+def test_tgi_generate_route(server, smollm2):
+    tokenizer, model = smollm2
+    out = run_snippet("backends/generate_with_tgi_api.py", "--url", server.url)
+    prompt = "The three primary colours are"
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        expected = model.generate(**ids, max_new_tokens=20, do_sample=False)
+    assert out.strip() == "generated: " + tokenizer.decode(expected[0][ids["input_ids"].shape[1]:],
+                                                           skip_special_tokens=True).strip()
+    bad = requests.post(server.url + "/generate", json={"inputs": "", "parameters": {}}, timeout=10)
+    assert bad.status_code == 400 and "'inputs'" in bad.json()["error"]["message"]
+    bad = requests.post(server.url + "/generate", json={"inputs": "x", "parameters": {"best_of": 2}}, timeout=10)
+    assert bad.status_code == 400 and "best_of" in bad.json()["error"]["message"]

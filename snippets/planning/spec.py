@@ -1,0 +1,116 @@
+"""Customer needs as a small YAML spec, with a validator that names the field of every bad value.
+
+    python snippets/planning/spec.py data/specs/internal-chat.yaml
+
+Every problem gets its own one-line message (`spec.yaml: 'field': what is wrong`), all of them at
+once, so a customer fixes the spec in one pass.
+"""
+
+import sys
+from pathlib import Path
+
+import yaml
+
+USE_CASES = ("chat", "generation", "embedding", "classification")
+REGIONS = ("ANY", "EU", "US", "UK", "APAC")
+FIELDS = {  # name: (required, check) - each check returns an error message or None
+    "name": (True, lambda v: None if isinstance(v, str) and v.strip() else "must be a non-empty string"),
+    "use_case": (True, lambda v: None if v in USE_CASES else f"must be one of {', '.join(USE_CASES)}"),
+    "model": (True, lambda v: None if isinstance(v, str) and v else "must name a model in data/model_configs.yaml"),
+    "users": (False, lambda v: positive(v, integer=True)),
+    "requests_per_day": (True, lambda v: non_negative(v)),
+    "peak_requests_per_second": (True, lambda v: positive(v)),
+    "input_tokens": (True, lambda v: positive(v, integer=True)),
+    "output_tokens": (True, lambda v: non_negative(v, integer=True)),
+    "latency_p95_ms": (True, lambda v: positive(v)),
+    "ttft_p95_ms": (False, lambda v: positive(v)),
+    "availability": (True, lambda v: None if number(v) and 0 < v < 1 else "must be a fraction between 0 and 1, e.g. 0.999"),
+    "privacy": (True, lambda v: check_privacy(v)),
+    "budget_per_month_usd": (True, lambda v: positive(v)),
+    "quality_bar": (True, lambda v: None if isinstance(v, str) and v.strip() else "must say how quality is judged"),
+}
+
+
+class SpecError(ValueError):
+    """All problems of one spec; str() gives one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def positive(v, integer: bool = False) -> str | None:
+    if not number(v) or (integer and not isinstance(v, int)):
+        return f"must be {'an integer' if integer else 'a number'}, got {v!r}"
+    return None if v > 0 else f"must be > 0, got {v!r}"
+
+
+def non_negative(v, integer: bool = False) -> str | None:
+    if not number(v) or (integer and not isinstance(v, int)):
+        return f"must be {'an integer' if integer else 'a number'}, got {v!r}"
+    return None if v >= 0 else f"must be >= 0, got {v!r}"
+
+
+def check_privacy(v) -> str | None:
+    if not isinstance(v, dict) or set(v) != {"pii", "data_residency", "on_premises"}:
+        return "must have exactly pii, data_residency and on_premises"
+    if not isinstance(v["pii"], bool) or not isinstance(v["on_premises"], bool):
+        return "pii and on_premises must be true or false"
+    regions = v["data_residency"]
+    if not isinstance(regions, list) or not regions or not set(regions) <= set(REGIONS):
+        return f"data_residency must be a list of {', '.join(REGIONS)}"
+    return None
+
+
+def validate(spec: dict, known_models: set[str]) -> list[str]:
+    """Every problem in the spec, one message each; an empty list means the spec is valid."""
+    if not isinstance(spec, dict):
+        return ["the spec must be a YAML mapping of field: value"]
+    problems = [f"'{k}': unknown field" for k in spec if k not in FIELDS]
+    for name, (required, check) in FIELDS.items():
+        if name not in spec:
+            if required:
+                problems.append(f"'{name}': missing")
+            continue
+        message = check(spec[name])
+        if message:
+            problems.append(f"'{name}': {message}")
+    if "model" in spec and isinstance(spec["model"], str) and spec["model"] and spec["model"] not in known_models:
+        problems.append(f"'model': unknown model {spec['model']!r}; known: {', '.join(sorted(known_models))}")
+    if not any(p.startswith(("'requests_per_day'", "'peak_requests_per_second'")) for p in problems) \
+            and {"requests_per_day", "peak_requests_per_second"} <= spec.keys() \
+            and spec["peak_requests_per_second"] < spec["requests_per_day"] / 86_400:
+        problems.append("'peak_requests_per_second': below the daily average "
+                        f"({spec['requests_per_day'] / 86_400:.2f}/s); the peak cannot be lower")
+    return problems
+
+
+def load_spec(path: Path, known_models: set[str]) -> dict:
+    """Read and validate a spec file; raise SpecError naming every problem."""
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise SpecError([f"{path}: cannot read the spec: {str(error).splitlines()[0]}"]) from None
+    problems = validate(spec, known_models)
+    if problems:
+        raise SpecError([f"{path}: {p}" for p in problems])
+    return spec
+
+
+def known_model_names() -> set[str]:
+    data = Path(__file__).resolve().parents[2] / "data" / "model_configs.yaml"
+    return set(yaml.safe_load(data.read_text())["models"])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python snippets/planning/spec.py SPEC.yaml")
+    try:
+        spec = load_spec(Path(sys.argv[1]), known_model_names())
+    except SpecError as error:
+        sys.exit(str(error))
+    print(f"{sys.argv[1]}: valid ({spec['name']}, {spec['use_case']}, {spec['model']})")

@@ -137,7 +137,7 @@ class Engine:
                 continue
             ids = torch.tensor([seq.prompt_ids])
             cache = DynamicCache(config=self.model.config)
-            logits = self.model(input_ids=ids, cache=cache, use_cache=True).logits[0, -1]
+            logits = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
             self.join(seq, cache, torch.ones_like(ids))
             self.accept(seq, sample(logits, seq))
             self.leave([len(self.running) - 1] if self.finished(seq) else [])
@@ -579,7 +579,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model folder or .gguf file")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                        help="bfloat16 is about 2x faster on CPU; float32 makes batched greedy output exact")
+                        help="bfloat16 halves memory; float32 makes batched greedy output exact")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--max-running", type=int, default=16, help="sequences decoded together")
     parser.add_argument("--max-waiting", type=int, default=64, help="queued requests before 503")

@@ -58,7 +58,7 @@ def test_embedding_plan_uses_the_measured_cpu_throughput():
 def test_on_premises_plan_excludes_every_cloud():
     plan = run_snippet("planning/plan.py", str(SPECS / "on-prem-regulated.yaml"))
     excluded = [line for line in plan.splitlines() if line.endswith(": data must stay on premises")]
-    assert len(excluded) == 8
+    assert len(excluded) == sum(not h["on_premises"] for h in hosts.load_hosts()) >= 8
     assert "- On-premises server (1x L40S): 1 replica(s)" in plan
 
 

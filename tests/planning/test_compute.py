@@ -13,11 +13,13 @@ compute = load_snippet("planning/compute.py")
 CONFIGS = {k: v["config"] for k, v in yaml.safe_load((REPO / "data" / "model_configs.yaml").read_text())["models"].items()}
 
 
-def test_local_models_match_what_is_measured(smollm2, smollm2_dir, minilm):
+def test_local_models_match_what_is_measured(smollm2, smollm2_dir, minilm, minilm_dir):
     _, llm = smollm2
     config = json.loads((smollm2_dir / "config.json").read_text())
     assert compute.parameter_count(config) == sum(p.numel() for p in llm.parameters()) == 134_515_008
     assert compute.parameter_count(CONFIGS["all-minilm-l6-v2"]) == sum(p.numel() for p in minilm[1].parameters())
+    minilm_file = (minilm_dir / "model.safetensors").stat().st_size
+    assert compute.weight_bytes(CONFIGS["all-minilm-l6-v2"], "float32") == pytest.approx(minilm_file, rel=0.01)
     on_disk = (smollm2_dir / "model.safetensors").stat().st_size
     assert compute.weight_bytes(config, "float32") == pytest.approx(on_disk, rel=0.01)
     # KV cache: run a real 100-token prefill and weigh the cache it leaves behind

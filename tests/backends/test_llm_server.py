@@ -126,9 +126,14 @@ def test_16_concurrent_streams_finish_with_the_right_reason(server):
         async with AsyncOpenAI(base_url=server.url + "/v1", api_key="x") as client:
             return await asyncio.gather(*(one(client, i) for i in range(16)))
 
-    for max_tokens, finish, usage in asyncio.run(run_all()):
-        assert usage.completion_tokens <= max_tokens
-        assert finish == ("length" if usage.completion_tokens == max_tokens else "stop")
+    results = asyncio.run(run_all())
+    assert any(finish == "length" for _, finish, _ in results)  # 4 tokens cannot finish an essay
+    for max_tokens, finish, usage in results:
+        assert 1 <= usage.completion_tokens <= max_tokens
+        if finish == "length":
+            assert usage.completion_tokens == max_tokens
+        else:  # stopped by the end-of-sequence token, possibly on the very last allowed token
+            assert finish == "stop"
 
 
 def test_stop_strings(server):

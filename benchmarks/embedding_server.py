@@ -30,6 +30,7 @@ import numpy as np
 import requests
 import torch
 import uvloop
+from publish import publish
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,13 +218,7 @@ def main() -> None:
                 server.wait(timeout=60)
     result["targets"] = targets(result)
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "embedding_server.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(result)
-    (args.out_dir / "embedding_server.md").write_text(table)
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    plot(result, args.plot)
-    print(table)
+    publish("embedding_server", result, markdown_table(result), args.out_dir, plot, args.plot)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import requests
 import torch
+from publish import publish
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ async def stream_one(port: int, model: str, prompt: str, max_tokens: int) -> dic
     writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     first, tokens, buffer = None, 0, b""
-    while (line := await reader.readline()) not in (b"\r\n", b""):
+    while await reader.readline() not in (b"\r\n", b""):
         pass  # response headers; the body is chunked
     while size := int((await reader.readline()).strip() or b"0", 16):
         buffer += (await reader.readexactly(size + 2))[:-2]
@@ -303,13 +304,7 @@ def main() -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=60)
     result["targets"] = targets(result)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "llm_server.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(result)
-    (args.out_dir / "llm_server.md").write_text(table)
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    plot(result, args.plot)
-    print(table)
+    publish("llm_server", result, markdown_table(result), args.out_dir, plot, args.plot)
 
 
 if __name__ == "__main__":

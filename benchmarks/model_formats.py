@@ -10,7 +10,6 @@ float32 safetensors reference: cosine similarity for embeddings, greedy-token ag
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,7 @@ import numpy as np
 import onnxruntime
 import torch
 from safetensors.torch import load_file, save_file
+from publish import publish
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,11 +218,7 @@ def main() -> None:
     result = {"threads": args.threads, "cpu_cores": len(os.sched_getaffinity(0)), "machine": platform.machine(),
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "quick": args.quick,
               "max_new_tokens": max_new_tokens, "rows": rows}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "model_formats.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(result)
-    (args.out_dir / "model_formats.md").write_text(table)
-    print(table)
+    publish("model_formats", result, markdown_table(result), args.out_dir)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
+sys.path.insert(0, str(REPO / "snippets" / "planning"))
+import plan as planner  # noqa: E402  (the planning toolkit, for the example plans)
 MARKER = re.compile(r"^<!-- render: (\w+)(?: ([\w.-]+))? -->$", re.M)
 STATUS_BADGE = {"active": "active", "maintenance mode": "**maintenance mode**",
                 "limited maintenance": "**limited maintenance**", "quiet": "quiet"}
@@ -79,9 +81,6 @@ def hosts_table() -> str:
 
 def plan(spec_name: str) -> str:
     """The deployment plan of one example spec, generated at build time; headings moved down one level."""
-    sys.path.insert(0, str(REPO / "snippets" / "planning"))
-    import plan as planner
-
     markdown = planner.plan(DATA / "specs" / f"{spec_name}.yaml")
     return re.sub(r"^#", "##", markdown, flags=re.M)
 

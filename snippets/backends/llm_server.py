@@ -300,12 +300,11 @@ def parse_chat(body: dict, tokenizer, max_context: int) -> dict:
     prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                return_dict=True)["input_ids"]
     tokens_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return {**sampling(body, prompt_ids, max_context, tokens_name, default_temperature=1.0),
+    return {**sampling(body, prompt_ids, max_context, tokens_name),
             "stream": body.get("stream", False), "include_usage": bool(options.get("include_usage"))}
 
 
-def sampling(body: dict, prompt_ids: list[int], max_context: int, tokens_name: str,
-             default_temperature: float) -> dict:
+def sampling(body: dict, prompt_ids: list[int], max_context: int, tokens_name: str) -> dict:
     """Check the sampling settings shared by every route, naming the bad field in each message."""
     def number(name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
         value = body.get(name)
@@ -338,7 +337,7 @@ def sampling(body: dict, prompt_ids: list[int], max_context: int, tokens_name: s
                             f"context window is {max_context}: at most {room} tokens can be generated.",
                        param=tokens_name, code="context_length_exceeded")
     return {"prompt_ids": prompt_ids, "max_tokens": max_tokens, "stops": stops, "seed": seed,
-            "temperature": number("temperature", default_temperature, 0, 2),
+            "temperature": number("temperature", 1.0, 0, 2),
             "top_p": number("top_p", 1.0, 0, 1, low_open=True)}
 
 
@@ -360,7 +359,7 @@ def parse_tgi_generate(body: dict, tokenizer, max_context: int) -> dict:
     if not parameters.get("do_sample"):
         settings["temperature"] = 0
     prompt_ids = tokenizer(body["inputs"])["input_ids"]
-    return sampling(settings, prompt_ids, max_context, "max_new_tokens", default_temperature=1.0)
+    return sampling(settings, prompt_ids, max_context, "max_new_tokens")
 
 
 async def read_json(request: Request) -> dict:

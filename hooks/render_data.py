@@ -17,7 +17,8 @@ sys.path.insert(0, str(REPO / "snippets" / "planning"))
 import plan as planner  # noqa: E402  (the planning toolkit, for the example plans)
 MARKER = re.compile(r"^<!-- render: (\w+)(?: ([\w.-]+))? -->$", re.M)
 STATUS_BADGE = {"active": "active", "maintenance mode": "**maintenance mode**",
-                "limited maintenance": "**limited maintenance**", "quiet": "quiet"}
+                "limited maintenance": "**limited maintenance**", "archived": "**archived**",
+                "quiet": "quiet"}
 
 
 def load(name: str) -> dict:
@@ -47,13 +48,18 @@ def backend_guide() -> str:
     return "\n".join(f"- **{b['name']}** when {b['choose_when']}" for b in data["backends"]) + "\n"
 
 
-def tutorials_table() -> str:
+def tutorials_table(group: str | None = None) -> str:
+    """The external tutorials, or only one `group` of them (the marker's argument, e.g. `study`)."""
     data = load("tutorials")
     rows = ["| tutorial | teaches | published | status |", "|---|---|---|---|"]
     for t in data["tutorials"]:
+        if group and t.get("group") != group:
+            continue
         status = t["status"]
         if t.get("replacement"):
-            status += f"; [archived copy]({t['replacement']})"
+            archived = t["replacement"].startswith("https://web.archive.org/")
+            label = "archived copy" if archived else "replacement"
+            status += f"; [{label}]({t['replacement']})"
         if t.get("note"):
             status += f". {t['note']}"
         rows.append(f"| [{t['title']}]({t['url']}) | {t['teaches']} | {t['published']} | {status} |")

@@ -26,7 +26,7 @@ def test_every_backend_is_complete_and_dated(entry):
 
 def test_the_catalogue_covers_the_projects_the_guide_names():
     names = " ".join(b["name"] for b in BACKENDS)
-    for project in ["vLLM", "SGLang", "TGI", "Triton", "Dynamo", "TorchServe", "LitServe", "LitGPT", "Ray Serve",
+    for project in ["vLLM", "SGLang", "TGI", "Triton", "Dynamo", "TorchServe", "TensorRT-LLM", "llm-d", "TEI", "MLX", "LitServe", "LitGPT", "Ray Serve",
                     "BentoML", "KServe", "llama.cpp", "Ollama", "azurechat", "SageMaker AI"]:
         assert project in names, project
 
@@ -36,8 +36,8 @@ def by_name(fragment: str) -> dict:
 
 
 def test_verified_status_facts():
-    assert by_name("TorchServe")["status"] == "limited maintenance"
-    assert "2025-02" in by_name("TorchServe")["evidence"]
+    assert by_name("TorchServe")["status"] == "archived"
+    assert "2025-08-07" in by_name("TorchServe")["evidence"]
     tgi = by_name("TGI")
     assert tgi["status"] == "maintenance mode" and "2025-12" in tgi["evidence"]
     assert "vLLM, SGLang, llama.cpp and MLX" in tgi["evidence"]
@@ -50,7 +50,7 @@ def test_verified_status_facts():
 def test_pages_render_every_entry_and_reject_unknown_markers():
     table = render_data.backends_table()
     assert all(f"[{b['name']}]({b['link']})" in table for b in BACKENDS)
-    assert "**limited maintenance**" in table and "**maintenance mode**" in table
+    assert "**archived**" in table and "**maintenance mode**" in table
     page = (REPO / "docs" / "backends" / "index.md").read_text()
     rendered = render_data.render(page)
     assert "<!-- render:" not in rendered and "**TorchServe** when never for new work" in rendered

@@ -1,16 +1,40 @@
-"""Budget arithmetic: monthly cost for a traffic profile, cost per request and per 1M tokens,
-scale to zero, and the break-even point against a per-token API.
+"""Budget arithmetic: monthly cost of a day of traffic on a fixed fleet or on an autoscaled host that may
+scale to zero, cost per request, and the break-even point against a per-token API.
 
     python snippets/planning/budget.py --price-per-hour 1.006 --replicas 2 --requests-per-day 6000
+
+A day of traffic has a peak window (`peak_hours` at the peak rate) and an off-peak rest that carries the
+remaining requests evenly. A fixed fleet is sized for the peak and billed around the clock. An autoscaled
+host runs the peak replicas through the window; off peak it runs what the rest of the traffic needs but
+never fewer than its minimum, and a host that scales to zero sleeps whenever requests are further apart
+than its idle timeout.
 """
 
 import argparse
 import math
+from dataclasses import dataclass
 
 HOURS_PER_MONTH = 730  # 365 x 24 / 12
 DAYS_PER_MONTH = 30.4
 DAY_SECONDS = 86_400
 IDLE_TIMEOUT_S = 300  # how long a serverless replica stays up after a request (a typical default)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """A day of traffic: `peak_rps` through a window of `peak_hours`, the other requests spread over the rest."""
+
+    requests_per_day: float
+    peak_rps: float
+    peak_hours: float
+
+    @property
+    def offpeak_hours(self) -> float:
+        return 24 - self.peak_hours
+
+    @property
+    def offpeak_requests(self) -> float:
+        return max(0.0, self.requests_per_day - self.peak_rps * self.peak_hours * 3600)
 
 
 def replicas_needed(peak_rps: float, capacity_rps: float, target_utilisation: float = 0.7,
@@ -20,18 +44,35 @@ def replicas_needed(peak_rps: float, capacity_rps: float, target_utilisation: fl
 
 
 def always_on_monthly(price_per_hour: float, replicas: int) -> float:
+    """A fixed fleet: every replica billed 730 hours a month."""
     return price_per_hour * replicas * HOURS_PER_MONTH
 
 
-def scale_to_zero_monthly(price_per_hour: float, requests_per_day: float, capacity_rps: float,
-                          target_utilisation: float = 0.7, request_seconds: float = 0, max_replicas: int = 1) -> float:
-    """Billed replica time when replicas scale to zero: a replica stays up IDLE_TIMEOUT_S after each request,
-    so with requests evenly spread it only sleeps when the gap between them is longer than that."""
-    gap = DAY_SECONDS / requests_per_day
-    awake_per_request = min(gap, IDLE_TIMEOUT_S + request_seconds)
-    busy = requests_per_day / (capacity_rps * target_utilisation)
-    billed_hours_per_day = max(busy, requests_per_day * awake_per_request) / 3600
-    return price_per_hour * min(billed_hours_per_day, 24 * max_replicas) * DAYS_PER_MONTH
+def offpeak_replica_hours(traffic: Traffic, capacity_rps: float, min_replicas: int = 0,
+                          target_utilisation: float = 0.7, request_seconds: float = 0.0,
+                          idle_timeout_s: float = IDLE_TIMEOUT_S) -> float:
+    """Replica-hours billed per day outside the peak window.
+
+    Requests further apart than the idle timeout (plus their own duration) let a replica sleep between
+    them: each keeps one replica up for `idle_timeout_s + request_seconds`. Closer together, the replicas
+    the off-peak rate needs stay up all the time. `min_replicas` stay up in any case."""
+    hours, requests = traffic.offpeak_hours, traffic.offpeak_requests
+    floor = min_replicas * hours
+    if requests == 0 or hours == 0:
+        return floor
+    awake_per_request = idle_timeout_s + request_seconds
+    if hours * 3600 / requests > awake_per_request:
+        return max(floor, requests * awake_per_request / 3600)
+    needed = replicas_needed(requests / (hours * 3600), capacity_rps, target_utilisation)
+    return max(floor, needed * hours)
+
+
+def autoscaled_monthly(price_per_hour: float, traffic: Traffic, peak_replicas: int, capacity_rps: float,
+                       min_replicas: int = 0, target_utilisation: float = 0.7,
+                       request_seconds: float = 0.0) -> float:
+    """An autoscaled host: the peak replicas through the peak window, the off-peak need for the rest."""
+    offpeak = offpeak_replica_hours(traffic, capacity_rps, min_replicas, target_utilisation, request_seconds)
+    return price_per_hour * (peak_replicas * traffic.peak_hours + offpeak) * DAYS_PER_MONTH
 
 
 def per_request(monthly: float, requests_per_day: float) -> float:

@@ -1,4 +1,5 @@
-"""Choose hosts for a spec: keep those that satisfy its rules and budget, and say why each other is out.
+"""Choose hosts for a spec: keep those that satisfy its rules, pick the price of a region the spec
+allows, and say why each other host is out.
 
     python snippets/planning/hosts.py data/specs/on-prem-regulated.yaml
 """
@@ -25,9 +26,21 @@ def rule_exclusion(spec: dict, host: dict) -> str | None:
     if privacy["on_premises"] and not host["on_premises"]:
         return "data must stay on premises"
     allowed = set(privacy["data_residency"])
-    if "ANY" not in allowed and "ANY" not in host["regions"] and not allowed & set(host["regions"]):
+    if "ANY" in allowed or "ANY" in host["regions"]:
+        return None
+    if not allowed & set(host["regions"]):
         return f"no region in {', '.join(sorted(allowed))}"
+    if host.get("inputs_via") and host["inputs_via"] not in allowed:
+        return (f"requests pass through {host['inputs_via']} (the provider's servers) before reaching a "
+                f"container in {', '.join(sorted(allowed))}")
     return None
+
+
+def price_for(spec: dict, host: dict) -> dict | None:
+    """The cheapest recorded price in a region the spec allows (any price when it allows ANY), or None."""
+    allowed = set(spec["privacy"]["data_residency"])
+    prices = [p for p in host["prices"] if "ANY" in allowed or p["region"] in allowed]
+    return min(prices, key=lambda p: p["per_hour"], default=None)
 
 
 if __name__ == "__main__":
@@ -40,4 +53,6 @@ if __name__ == "__main__":
         sys.exit(str(error) or "usage: python snippets/planning/hosts.py SPEC.yaml")
     for host in load_hosts():
         reason = rule_exclusion(spec, host)
-        print(f"{'out' if reason else 'kept':>4}  {host['name']}" + (f": {reason}" if reason else ""))
+        price = None if reason else price_for(spec, host)
+        detail = f": {reason}" if reason else f": ${price['per_hour']:g}/h in {price['location']}" if price else ""
+        print(f"{'out' if reason else 'kept':>4}  {host['name']}{detail}")

@@ -1,13 +1,15 @@
 """planning/compute.py: checked against the measured local models and against published figures."""
 
 import json
+import math
+import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
-from transformers import DynamicCache
-
 from helpers import REPO, load_snippet, run_snippet
+from transformers import DynamicCache
 
 compute = load_snippet("planning/compute.py")
 CONFIGS = {k: v["config"] for k, v in yaml.safe_load((REPO / "data" / "model_configs.yaml").read_text())["models"].items()}
@@ -50,12 +52,55 @@ def test_hand_checked_arithmetic():
     assert compute.decode_tokens_per_second_bound(cfg, 3.35e12) == pytest.approx(3.35e12 / (2 * 6_738_415_616))
 
 
+def test_quantized_weights_match_published_checkpoints():
+    models = yaml.safe_load((REPO / "data" / "model_configs.yaml").read_text())["models"]
+    published = {(name, p["dtype"]): p["gb"] * 1e9 for name, m in models.items() for p in m.get("published", [])}
+    # bf16: 2 bytes x 8,030,261,248 = 16.06 GB against Meta's 4.98 + 5.00 + 4.92 + 1.17 = 16.07 GB
+    assert compute.weight_bytes(CONFIGS["llama-3.1-8b"], "bf16") == 2 * 8_030_261_248
+    assert compute.weight_bytes(CONFIGS["llama-3.1-8b"], "bf16") == pytest.approx(published["llama-3.1-8b", "bf16"],
+                                                                                  rel=0.002)
+    # 70B: 2 x 70,553,706,496 = 141.1 GB in bf16
+    assert compute.weight_bytes(CONFIGS["llama-3.1-70b"], "bf16") / 1e9 == pytest.approx(141.1, abs=0.05)
+    # AWQ int4, group 128: the 68,451,041,280 Linear weights at 0.5 B plus a 2-byte scale and a 4-bit zero
+    # per 128, 68.451e9 x (0.5 + 2.5 / 128) = 35.563e9 B; embeddings, head and norms stay bf16:
+    # (70,553,706,496 - 68,451,041,280) x 2 = 4.205e9 B; 39.768 GB against the 39.77 GB published
+    linear = compute.linear_parameter_count(CONFIGS["llama-3.1-70b"])
+    assert linear == 68_451_041_280
+    int4 = compute.weight_bytes(CONFIGS["llama-3.1-70b"], "int4")
+    assert int4 == pytest.approx(linear * (0.5 + 2.5 / 128) + (70_553_706_496 - linear) * 2)
+    assert int4 == pytest.approx(published["llama-3.1-70b", "int4"], rel=0.002)
+    # fp8 and int8: one byte per Linear weight, the rest in bf16
+    assert compute.weight_bytes(CONFIGS["llama-3.1-70b"], "fp8") == linear + (70_553_706_496 - linear) * 2
+    assert compute.kv_bytes_per_token(CONFIGS["llama-3.1-70b"], "fp8") * 2 == compute.kv_bytes_per_token(
+        CONFIGS["llama-3.1-70b"], "bf16") == 2 * 80 * 8 * 128 * 2
+
+
+def test_tensor_parallel_split():
+    cfg = CONFIGS["llama-3.1-70b"]
+    layout = compute.tensor_parallel_layout(cfg, 4)
+    assert layout["weights_per_gpu"] == compute.weight_bytes(cfg) / 4
+    assert layout["kv_per_token_per_gpu"] == 2 * 80 * 2 * 128 * 2  # 8 KV heads over 4 GPUs: 2 each
+    # 2 all-reduces per layer of the 8192-wide bf16 hidden state; a ring moves 2 (4 - 1) / 4 of it per GPU
+    assert layout["allreduce_per_token"] == 80 * 2 * 1.5 * 8192 * 2
+    assert compute.allreduce_bytes_per_token(cfg, 1) == 0
+    assert compute.kv_heads_per_gpu(cfg, 16) == 1  # past 8 GPUs the KV heads are replicated, not split
+    # on 80 GiB H100s: 131.4 GiB of bf16 weights do not fit on 1 GPU; at tp=2 each holds 65.7 GiB and
+    # (72 GiB - 65.7 GiB) / (160 KiB x 2048) = 20 sequences of 2,048 tokens
+    assert compute.sequences_that_fit(cfg, 80 * 2**30, 2048, tp=1) == 0
+    assert compute.sequences_that_fit(cfg, 80 * 2**30, 2048, tp=2) == math.floor(
+        (80 * 2**30 * 0.9 - compute.weight_bytes(cfg) / 2) / (160 * 2**10 * 2048))
+    # decode bound at tp=2: each GPU reads half the weights, so twice the single-GPU bound (no KV cache)
+    assert compute.decode_tokens_per_second_bound(cfg, 3.35e12, tp=2) == pytest.approx(
+        2 * compute.decode_tokens_per_second_bound(cfg, 3.35e12))
+
+
 def test_cli(smollm2_dir, tmp_path):
     out = run_snippet("planning/compute.py", str(smollm2_dir / "config.json"), "--dtype", "float32")
-    assert "parameters:          0.135 B" in out and "KV cache per token:  45.0 KiB" in out
+    assert "parameters:          0.135 B" in out and "KV cache per token:  45.0 KiB (float32)" in out
+    out = run_snippet("planning/compute.py", str(smollm2_dir / "config.json"), "--tp", "3", "--kv-dtype", "fp8")
+    # 3 KV heads over 3 GPUs: 2 x 30 layers x 1 x 64 x 1 B = 3.75 KiB per token on each GPU
+    assert "per GPU at tp=3:" in out and "3.8 KiB of KV cache per token" in out
     (tmp_path / "bad.json").write_text("{}")
-    import subprocess
-    import sys
     proc = subprocess.run([sys.executable, REPO / "snippets/planning/compute.py", tmp_path / "bad.json"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot read a model config")

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import yaml
-
 from helpers import REPO, SNIPPETS, load_snippet, run_snippet
 
 spec = load_snippet("planning/spec.py")
@@ -32,6 +31,13 @@ BAD = [
     ({"privacy": {"pii": True, "data_residency": ["MARS"], "on_premises": False}},
      "'privacy': data_residency must be a list of ANY, EU, US, UK, APAC"),
     ({"peak_requests_per_second": 0.01}, "'peak_requests_per_second': below the daily average (0.07/s)"),
+    ({"peak_hours_per_day": 0}, "'peak_hours_per_day': must be the hours per day at peak load, more than 0"),
+    ({"peak_hours_per_day": 25}, "'peak_hours_per_day': must be the hours per day at peak load"),
+    # 0.8/s for 3 h = 0.8 x 3 x 3,600 = 8,640 requests, but the day has only 6,000: 6,000 / 2,880 = 2.08 h
+    ({"peak_hours_per_day": 3}, ("'peak_hours_per_day': 3 h at the peak rate is 8,640 requests, more than "
+                                "requests_per_day (6,000); at most 2.08 h")),
+    ({"dtype": {"weights": "fp4"}}, "'dtype': must map weights and/or kv_cache to one of bf16, fp8, int8, int4"),
+    ({"dtype": {"activations": "fp8"}}, "'dtype': must map weights and/or kv_cache"),
     ({"quality_bar": " "}, "'quality_bar': must say how quality is judged"),
 ]
 
@@ -42,11 +48,17 @@ def test_each_bad_value_is_named(change, message):
     assert len(problems) == 1 and problems[0].startswith(message), problems
 
 
+def test_dtype_is_optional_and_takes_weights_and_kv_cache_separately():
+    assert spec.validate({**GOOD, "dtype": {"weights": "int4", "kv_cache": "fp8"}}, MODELS) == []
+    assert spec.validate({k: v for k, v in GOOD.items() if k != "dtype"}, MODELS) == []
+
+
 def test_missing_budget_and_all_problems_at_once(tmp_path):
     bad = {k: v for k, v in GOOD.items() if k != "budget_per_month_usd"} | {"requests_per_day": -1, "x": 1}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    proc = subprocess.run([sys.executable, SNIPPETS / "planning/spec.py", path], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, SNIPPETS / "planning/spec.py", path], capture_output=True, text=True,
+                          check=False)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [f"{path}: 'x': unknown field",
                                         f"{path}: 'requests_per_day': must be >= 0, got -1",
@@ -56,6 +68,7 @@ def test_missing_budget_and_all_problems_at_once(tmp_path):
 def test_unreadable_spec_is_one_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: [unclosed")
-    proc = subprocess.run([sys.executable, SNIPPETS / "planning/spec.py", path], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, SNIPPETS / "planning/spec.py", path], capture_output=True, text=True,
+                          check=False)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert "cannot read the spec" in proc.stderr and "Traceback" not in proc.stderr

@@ -255,13 +255,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("dataset"), help="output folder")
     parser.add_argument("--since", help="only requests at or after this ISO date/time (UTC)")
     parser.add_argument("--until", help="only requests before this ISO date/time (UTC)")
-    parser.add_argument("--eval-fraction", type=float, default=0.2)
+    parser.add_argument("--eval-fraction", type=float, default=0.2, help="share for eval (0.2)")
     args = parser.parse_args()
     if not 0 < args.eval_fraction < 1:
         parser.error("--eval-fraction must be between 0 and 1")
     try:
         card = export(args.log, args.task, args.out, args.since, args.until, args.eval_fraction)
-    except ExportError as e:
+    except (ExportError, OSError) as e:  # bad input or an unwritable --out: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     n = card["examples"]

@@ -212,6 +212,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     fine = make_log(tmp_path / "fine.sqlite", [])
     assert cli_error(str(fine), *task, "--since", "last tuesday") == (
         "error: not an ISO date or time: 'last tuesday'")
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    assert cli_error(str(fine), "--task", "chat", "--out", str(tmp_path / "taken")).startswith(
+        "error: [Errno 17] File exists")
     assert not (tmp_path / "ds").exists()  # nothing written on bad input
     assert not (tmp_path / "missing.sqlite").exists()  # and no empty database created
 

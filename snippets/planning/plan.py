@@ -128,7 +128,7 @@ def too_slow(cap: dict, spec: dict) -> str:
             f"> p95 target {spec['latency_p95_ms'] / 1000:g} s")
 
 
-def does_not_fit(cap: dict, config: dict, spec: dict, gpu: dict) -> str:
+def does_not_fit(cap: dict, spec: dict, gpu: dict) -> str:
     weights, kv = dtypes(spec)
     per_gpu = cap["weights_per_gpu"] / 2**30
     group = f" each of {cap['tp']} GPUs" if cap["tp"] > 1 else ""
@@ -148,7 +148,7 @@ def evaluate(spec: dict, config: dict, host: dict, gpus: dict, n_params: int) ->
         return {**row, "out": f"no accelerator: a {n_params / 1e9:.1f} B-parameter {spec['use_case']} model needs a GPU"}
     cap = llm_layout(config, gpu, spec, host) if is_llm else encoder_capacity(config, gpu, spec, host)
     if not cap["fits"]:
-        return {**row, "out": does_not_fit(cap, config, spec, gpu) if gpu else "no CPU throughput measured for this model"}
+        return {**row, "out": does_not_fit(cap, spec, gpu) if gpu else "no CPU throughput measured for this model"}
     if "too_slow" in cap:
         return {**row, "out": too_slow(cap, spec)}
     row.update(cap)
@@ -201,15 +201,16 @@ def interconnect_lines(config: dict, spec: dict, gpu: dict, row: dict) -> list[s
     context = spec["input_tokens"] + spec["output_tokens"] // 2
     read_ms = (layout["weights_per_gpu"] + batch * context * layout["kv_per_token_per_gpu"]) / (
         gpu["bandwidth_gb_s"] * 1e9) * 1000
-    sent_mb = batch * layout["allreduce_per_token"] / 1e6
-    link_ms, pcie_ms = (sent_mb * 1e6 / (both_ways / 2 * 1e9) * 1000
-                        for both_ways in (gpu["gpu_link_gb_s"] or gpu["pcie_gb_s"], gpu["pcie_gb_s"]))
+    sent = batch * layout["allreduce_per_token"]
+    sent_mb, pcie_ms = sent / 1e6, sent / (gpu["pcie_gb_s"] / 2 * 1e9) * 1000
+    link_ms = sent / (gpu["gpu_link_gb_s"] / 2 * 1e9) * 1000 if gpu["gpu_link"] else None
+    over_link = f"{link_ms:.1f} ms over {gpu['gpu_link']}, " if link_ms else ""
     return ["", (f"Each replica splits the model over {tp} GPUs (tensor parallel): "
                 f"{layout['weights_per_gpu'] / 2**30:.1f} GiB of weights and "
                 f"{layout['kv_per_token_per_gpu'] / 2**10:.0f} KiB of KV cache per token on each GPU. "
-                f"At batch {batch} one decode step reads {read_ms:.1f} ms of memory on each GPU and all-reduces "
-                f"{sent_mb:.0f} MB through each GPU's link: {link_ms:.1f} ms over {gpu['gpu_link']}, "
-                f"{pcie_ms:.1f} ms over PCIe. That is why the GPUs of a replica must share a GPU link.")]
+                f"At batch {batch} one decode step spends at least {read_ms:.1f} ms reading memory on each GPU "
+                f"and all-reduces {sent_mb:.0f} MB through each GPU's link: {over_link}{pcie_ms:.1f} ms over "
+                "PCIe. That is why the GPUs of a replica should share a GPU link.")]
 
 
 def model_lines(spec: dict, config: dict, source: str, n_params: int) -> list[str]:

@@ -1,0 +1,279 @@
+"""What every model server in this guide shares: errors, API keys, limits, health and a clean stop.
+
+The embedding server and the LLM server import this file from their own folder, so copy the three
+files together. Nothing here knows about models:
+
+- `ApiError` and `install_error_handlers`: every error is an OpenAI-style JSON body
+  `{"error": {"message", "type", "param", "code"}}`, bad request bodies included (FastAPI's
+  validation errors are rendered by one handler);
+- `Guard`: pure ASGI middleware (safe for streaming responses) that caps the body size, checks
+  bearer keys in constant time and rate-limits each key;
+- `Health`: the phase a readiness probe sees (loading, ready, draining, failed with a reason);
+- `unless_disconnected`: await work, or cancel it when the client hangs up;
+- `DrainingServer`: on SIGTERM, report draining, stop accepting, finish what was accepted.
+"""
+
+import argparse
+import asyncio
+import hmac
+import logging
+import math
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("servebook")
+T = TypeVar("T")
+OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/openapi.json"})  # probes and the schema
+
+
+# --8<-- [start:errors]
+class ApiError(Exception):
+    """An error to send to the client as an OpenAI-style JSON body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.code, self.headers = code, headers
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    err_type = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def field_path(loc: tuple) -> str:
+    """('body', 'input', 1) -> "input[1]": the field as the client wrote it."""
+    path = ""
+    for part in loc[1:]:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+def describe_validation_error(error: dict) -> tuple[str, str | None]:
+    """One readable sentence for pydantic's first complaint about a request body."""
+    path = field_path(error["loc"])
+    if error["type"] == "json_invalid":
+        return f"Request body is not valid JSON: {error['ctx']['error']}.", None
+    if error["type"] == "missing" and not path:
+        return "Request body is empty; send a JSON object.", None
+    if error["type"] == "model_attributes_type" and not path:
+        return "Request body must be a JSON object sent with 'Content-Type: application/json'.", None
+    if error["type"] == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {path}.", path
+    if error["type"] == "missing":
+        return f"Missing required parameter: '{path}'.", path
+    message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+    return f"Invalid '{path}': {message}.", path
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every failure as an OpenAI-style body; an unexpected one is logged, never shown."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError):
+        return error_response(error.status, error.message, error.param, error.code, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, error: RequestValidationError):
+        message, param = describe_validation_error(error.errors()[0])
+        return error_response(400, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        cause = error.__cause__  # FastAPI wraps what went wrong while reading the body
+        if isinstance(cause, ApiError):
+            return await api_error(request, cause)
+        if isinstance(cause, UnicodeDecodeError):
+            return error_response(400, "Request body is not valid UTF-8.")
+        return error_response(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(500, "Internal error; it has been logged.")
+# --8<-- [end:errors]
+
+
+# --8<-- [start:guard]
+class RateLimiter:
+    """A token bucket per key: `per_minute` requests a minute, bursts up to the same number."""
+
+    def __init__(self, per_minute: float):
+        self.rate, self.capacity = per_minute / 60, per_minute
+        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill time)
+
+    def retry_after(self, key: str) -> int:
+        """Take a token for `key`: 0 if allowed, else the seconds until one is available."""
+        now = time.monotonic()
+        tokens, last = self.buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self.buckets[key] = (tokens - 1, now)
+            return 0
+        self.buckets[key] = (tokens, now)
+        return math.ceil((1 - tokens) / self.rate)
+
+
+class Guard:
+    """Pure ASGI middleware in front of every route but OPEN_PATHS: body size, keys, rate limit.
+
+    Pure ASGI (not @app.middleware("http")) so that streamed responses pass through untouched.
+    """
+
+    def __init__(self, app, api_keys: list[str], rate_limit_per_minute: float | None,
+                 max_body_bytes: int):
+        self.app, self.max_body_bytes = app, max_body_bytes
+        self.api_keys = [key.encode() for key in api_keys]
+        self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        caller = self.authenticate(headers.get(b"authorization", b""))
+        if caller is None:
+            response = error_response(401, "Missing or wrong API key (send 'Authorization: Bearer <key>').",
+                                      code="invalid_api_key")
+            return await response(scope, receive, send)
+        if self.limiter and (wait := self.limiter.retry_after(caller or scope["client"][0])):
+            response = error_response(429, f"Rate limit reached for this key; retry in {wait} s.",
+                                      code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
+            return await response(scope, receive, send)
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            response = error_response(413, f"Request body is {int(declared)} bytes; the limit is "
+                                           f"{self.max_body_bytes}.", code="body_too_large")
+            return await response(scope, receive, send)
+        await self.app(scope, self.counting(receive), send)
+
+    def authenticate(self, authorization: bytes) -> str | None:
+        """The matching key ("" when the server has none), or None. Every key is compared in
+        constant time, so the answer's timing says nothing about how much of a key was right."""
+        if not self.api_keys:
+            return ""
+        given = authorization.removeprefix(b"Bearer ")
+        matches = [hmac.compare_digest(given, key) for key in self.api_keys]
+        return self.api_keys[matches.index(True)].decode() if any(matches) else None
+
+    def counting(self, receive):
+        """Wrap `receive` to stop a body sent without Content-Length once it passes the limit."""
+        received = 0
+
+        async def receive_counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise ApiError(413, f"Request body exceeds the limit of {self.max_body_bytes} bytes.",
+                               code="body_too_large")
+            return message
+
+        return receive_counted
+# --8<-- [end:guard]
+
+
+def load_api_keys(keys: list[str] | None, keys_file: Path | None) -> list[str]:
+    """Keys from repeated --api-key flags and from a file of one key per line (# comments)."""
+    found = list(keys or [])
+    if keys_file:
+        lines = keys_file.read_text().splitlines()
+        found += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return found
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both servers share: address, keys, rate limit."""
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", action="append", metavar="KEY",
+                        help="require 'Authorization: Bearer KEY' (repeat for several keys)")
+    parser.add_argument("--api-keys", type=Path, metavar="FILE", help="a file of keys, one per line")
+    parser.add_argument("--rate-limit", type=float, metavar="N",
+                        help="requests per minute allowed per key (per client address without keys)")
+
+
+def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Validate the shared options; return the API keys. Errors end in one usage line."""
+    if args.api_keys and not args.api_keys.is_file():
+        parser.error(f"--api-keys: no such file: {args.api_keys}")
+    if args.rate_limit is not None and args.rate_limit <= 0:
+        parser.error("--rate-limit must be > 0")
+    return load_api_keys(args.api_key, args.api_keys)
+
+
+class Health:
+    """What /health reports: loading -> ready -> draining, or failed with the reason."""
+
+    def __init__(self):
+        self.phase, self.reason = "loading", None
+
+    def fail(self, what: str, error: BaseException) -> None:
+        """Record a fatal failure (and log its traceback): /health turns 503 with the reason."""
+        self.phase, self.reason = "failed", f"{what}: {type(error).__name__}: {error}"
+        log.error("%s", self.reason, exc_info=error)
+
+    def response(self, model: str) -> JSONResponse:
+        body = {"status": self.phase, "model": model}
+        if self.reason:
+            body["reason"] = self.reason
+        return JSONResponse(body, status_code=200 if self.phase == "ready" else 503)
+
+    def require_ready(self) -> None:
+        """Refuse work unless ready: 503 with the reason a client can act on."""
+        if self.phase == "loading":
+            raise ApiError(503, "Model is still loading.", code="not_ready", headers={"Retry-After": "5"})
+        if self.phase == "draining":
+            raise ApiError(503, "Server is shutting down.", code="shutting_down")
+        if self.phase == "failed":
+            raise ApiError(503, f"Server cannot serve: {self.reason}", code="server_failed")
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Return when the client goes away (call once the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> tuple[bool, T | None]:
+    """Await `work`, or cancel it when the client hangs up first: (finished, result).
+
+    Both tasks are cancelled and awaited on every path, so no task outlives the request.
+    """
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            pending.cancel()
+        await asyncio.wait({task, watcher})
+    if task.cancelled():
+        return False, None
+    return True, task.result()
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM: report draining (503), stop accepting, let accepted requests finish, exit."""
+
+    def __init__(self, config: uvicorn.Config, health: Health):
+        super().__init__(config)
+        self.health = health
+
+    def handle_exit(self, sig, frame):
+        if self.health.phase == "ready":
+            self.health.phase = "draining"
+        super().handle_exit(sig, frame)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -11,7 +11,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from helpers import MODELS, load_snippet  # noqa: E402
+from helpers import MODELS, load_snippet, serve  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,19 @@ def smollm2(smollm2_dir):
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     return AutoTokenizer.from_pretrained(smollm2_dir), model
+
+
+@pytest.fixture(scope="session")
+def embedding_server():
+    """The embedding server, started once for every test that needs the default configuration."""
+    with serve("backends/embedding_server.py", "--max-batch-size", "32", "--max-wait-ms", "2") as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def llm_server(smollm2_dir):
+    """The LLM server in float32 (batched greedy output then equals one-at-a-time output), started
+    once for every test that needs the default configuration."""
+    with serve("backends/llm_server.py", "--model", str(smollm2_dir), "--dtype", "float32",
+               "--max-running", "16") as handle:
+        yield handle

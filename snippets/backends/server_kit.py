@@ -162,6 +162,8 @@ class Guard:
         constant time, so the answer's timing says nothing about how much of a key was right."""
         if not self.api_keys:
             return ""
+        if not authorization.startswith(b"Bearer "):
+            return None
         given = authorization.removeprefix(b"Bearer ")
         matches = [hmac.compare_digest(given, key) for key in self.api_keys]
         return self.api_keys[matches.index(True)].decode() if any(matches) else None

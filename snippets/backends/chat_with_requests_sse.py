@@ -33,7 +33,10 @@ with requests.post(f"{args.url}/v1/chat/completions", json=request, stream=True,
         if line == "data: [DONE]":
             break
         events += 1
-        choice = json.loads(line.removeprefix("data: "))["choices"][0]
+        event = json.loads(line.removeprefix("data: "))
+        if "error" in event:  # the server failed after the stream began
+            raise SystemExit(f"stream failed: {event['error']['message']}")
+        choice = event["choices"][0]
         text += choice["delta"].get("content") or ""
         finish_reason = choice["finish_reason"] or finish_reason
 

@@ -221,7 +221,8 @@ class Sequence:
     detokenizer: Detokenizer | None = field(default=None, repr=False)
 
     def emit(self, event: str | Exception | None) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is listening
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
     @property
     def done(self) -> bool:

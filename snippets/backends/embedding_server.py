@@ -40,8 +40,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, Va
 from server_kit import (
     ApiError,
     DrainingServer,
-    Guard,
     Health,
+    add_middleware,
     add_server_arguments,
     check_server_arguments,
     configure_logging,
@@ -506,6 +506,7 @@ class Settings:
     threads: int = 2
     api_keys: list[str] = field(default_factory=list)
     rate_limit: float | None = None
+    cors_origins: list[str] = field(default_factory=list)
 
 
 async def load_then_serve(app: FastAPI) -> None:
@@ -550,9 +551,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
     install_error_handlers(app)
     app.include_router(router)
-    app.add_middleware(Guard, api_keys=settings.api_keys, rate_limit_per_minute=settings.rate_limit,
-                       max_body_bytes=MAX_BODY_BYTES)
-    app.add_middleware(Metrics)  # added last, so it runs first and also counts 401, 413 and 429
+    add_middleware(app, Metrics, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins)
     return app
 
 
@@ -577,7 +576,7 @@ def main() -> None:
     if not args.model.is_dir():
         parser.error(f"--model: no such folder: {args.model}")
     settings = Settings(args.model, args.max_batch_size, args.max_wait_ms, args.max_batch_tokens, args.max_queue,
-                        args.request_timeout, args.threads, api_keys, args.rate_limit)
+                        args.request_timeout, args.threads, api_keys, args.rate_limit, args.cors_origin)
     configure_logging()
     # The model thread holds the GIL between torch ops; a short switch interval lets the event loop
     # take it back within a millisecond to parse requests and send answers, instead of 5 ms.

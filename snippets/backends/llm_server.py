@@ -38,8 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from server_kit import (
     ApiError,
     DrainingServer,
-    Guard,
     Health,
+    add_middleware,
     add_server_arguments,
     check_server_arguments,
     configure_logging,
@@ -646,6 +646,7 @@ class Settings:
     request_timeout: float = 600.0
     api_keys: list[str] = field(default_factory=list)
     rate_limit: float | None = None
+    cors_origins: list[str] = field(default_factory=list)
 
 
 def resolve_model(path: Path) -> tuple[Path, str | None]:
@@ -705,9 +706,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
     install_error_handlers(app)
     app.include_router(router)
-    app.add_middleware(Guard, api_keys=settings.api_keys, rate_limit_per_minute=settings.rate_limit,
-                       max_body_bytes=MAX_BODY_BYTES)
-    app.add_middleware(Metrics)  # added last, so it runs first and also counts 401, 413 and 429
+    add_middleware(app, Metrics, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins)
     return app
 
 
@@ -731,7 +730,7 @@ def main() -> None:
     if args.model != DEFAULT_MODEL and not args.model.exists():
         parser.error(f"--model: no such file or folder: {args.model}")
     settings = Settings(args.model, args.dtype, args.threads, args.max_running, args.max_waiting,
-                        args.max_context, args.request_timeout, api_keys, args.rate_limit)
+                        args.max_context, args.request_timeout, api_keys, args.rate_limit, args.cors_origin)
     configure_logging()
     # The engine thread holds the GIL between torch ops; a short switch interval lets the event loop
     # take it back within a millisecond to send a token, instead of the default 5 ms.

@@ -26,6 +26,7 @@ from typing import TypeVar
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -203,6 +204,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-keys", type=Path, metavar="FILE", help="a file of keys, one per line")
     parser.add_argument("--rate-limit", type=float, metavar="N",
                         help="requests per minute allowed per key (per client address without keys)")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let a web page from ORIGIN (e.g. http://127.0.0.1:5500) call the API (repeatable)")
 
 
 def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
@@ -275,6 +278,17 @@ class DrainingServer(uvicorn.Server):
         if self.health.phase == "ready":
             self.health.phase = "draining"
         super().handle_exit(sig, frame)
+
+
+def add_middleware(app: FastAPI, metrics, api_keys: list[str], rate_limit: float | None,
+                   max_body_bytes: int, cors_origins: list[str]) -> None:
+    """The middleware stack, outermost first: CORS (a browser's preflight is answered before any
+    key check), metrics (which then also count 401, 413 and 429), then the guard."""
+    app.add_middleware(Guard, api_keys=api_keys, rate_limit_per_minute=rate_limit, max_body_bytes=max_body_bytes)
+    app.add_middleware(metrics)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-Id"])
 
 
 def configure_logging() -> None:

@@ -16,7 +16,8 @@ import requests
 from openai import APIConnectionError, APIStatusError, OpenAI, OpenAIError
 
 BASE_URL = os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1").rstrip("/")
-API_KEY = os.environ.get("OPENAI_API_KEY", "none")  # local servers ignore it unless started with a key
+API_KEY = os.environ.get("OPENAI_API_KEY", "none")  # local servers ignore it without --api-key
+MAX_TOKENS = int(os.environ.get("CHAT_MAX_TOKENS", "256"))
 client = OpenAI(base_url=BASE_URL, api_key=API_KEY, max_retries=0, timeout=60)
 
 
@@ -58,7 +59,7 @@ def respond(message: str, history: list[dict], system_prompt: str, temperature: 
     try:
         model = client.models.list().data[0].id
         stream = client.chat.completions.create(model=model, messages=messages, stream=True,
-                                                temperature=temperature, max_tokens=256)
+                                                temperature=temperature, max_tokens=MAX_TOKENS)
         for chunk in stream:
             ids = {**ids, position: chunk.id}
             if chunk.choices and chunk.choices[0].delta.content:
@@ -75,8 +76,9 @@ def send_rating(like: gr.LikeData, ids: dict) -> None:
     if request_id is None:
         return
     try:
-        requests.post(f"{BASE_URL}/feedback", timeout=5, headers={"Authorization": f"Bearer {API_KEY}"},
-                      json={"id": request_id, "rating": 1 if like.liked else -1}).raise_for_status()
+        requests.post(f"{BASE_URL}/feedback", headers={"Authorization": f"Bearer {API_KEY}"},
+                      json={"id": request_id, "rating": 1 if like.liked else -1},
+                      timeout=5).raise_for_status()
         gr.Info("Thanks: your rating was recorded.")
     except requests.RequestException as error:
         gr.Warning(f"Rating not recorded: {error}")

@@ -17,7 +17,8 @@ import streamlit as st
 from openai import APIConnectionError, APIStatusError, OpenAI, OpenAIError
 
 BASE_URL = os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1").rstrip("/")
-API_KEY = os.environ.get("OPENAI_API_KEY", "none")  # local servers ignore it unless started with a key
+API_KEY = os.environ.get("OPENAI_API_KEY", "none")  # local servers ignore it without --api-key
+MAX_TOKENS = int(os.environ.get("CHAT_MAX_TOKENS", "256"))  # the sidebar slider starts here
 
 
 @st.cache_resource
@@ -93,7 +94,7 @@ st.title("Chat")
 with st.sidebar:
     system_prompt = st.text_area("System prompt", "You are a helpful assistant. Answer briefly.")
     temperature = st.slider("Temperature", 0.0, 2.0, 0.7, 0.1)
-    max_tokens = st.slider("Max answer tokens", 16, 1024, 256, 16)
+    max_tokens = st.slider("Max answer tokens", 16, 1024, MAX_TOKENS, 16)
     if st.button("New conversation"):
         st.session_state.messages = []
     st.caption(f"Server: {BASE_URL}")

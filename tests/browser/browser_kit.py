@@ -68,17 +68,21 @@ def streamlit_app(script: str, env: dict):
     return launch(args, env, f"http://127.0.0.1:{port}", "/_stcore/health")
 
 
-def screenshot(page, path: str, source: str) -> None:
+def screenshot(page, path: str, source: str, height: int | None = None) -> None:
     """When SCREENSHOTS=1, save the page to docs/<path> with the date and the test that took it
-    stamped in its corner; otherwise do nothing."""
+    stamped in its corner; otherwise do nothing. `height` makes the window taller first, for
+    apps that scroll inside their own container (Streamlit)."""
     if not SCREENSHOTS:
         return
+    if height:
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+        page.wait_for_timeout(1500)  # charts redraw at the new size
     stamp = f"{datetime.date.today()} · headless Chromium at {VIEWPORT['width']} px · {source}"
     page.evaluate("""stamp => {
         const note = document.createElement('div');
         note.textContent = stamp;
-        note.style.cssText = 'position:fixed;right:6px;bottom:4px;z-index:99999;font:11px sans-serif;' +
-                             'color:#555;background:#fffc;padding:1px 4px;border-radius:3px';
+        note.style.cssText = 'position:fixed; right:6px; bottom:4px; z-index:99999; color:#555;' +
+            'font:11px sans-serif; background:#fffc; padding:1px 4px; border-radius:3px';
         document.body.appendChild(note);
     }""", stamp)
     target = REPO / "docs" / path
@@ -92,7 +96,8 @@ def watch_growth(locator, done, timeout: float = 90) -> list[int]:
     lengths, deadline = [], time.monotonic() + timeout
     while not done():
         assert time.monotonic() < deadline, "no complete answer in time"
-        if locator.count() and (n := len(locator.inner_text())) and (not lengths or n != lengths[-1]):
+        n = len(locator.inner_text()) if locator.count() else 0
+        if n and (not lengths or n != lengths[-1]):
             lengths.append(n)
         time.sleep(0.02)
     return lengths

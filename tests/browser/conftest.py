@@ -69,7 +69,8 @@ def llm_server(tmp_path_factory, chat_page_origin):
 def site(tmp_path_factory):
     """The site built once with `mkdocs build --strict` and served on loopback; yields its URL."""
     out = tmp_path_factory.mktemp("site")
-    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(out)],
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(out)]
+    build = subprocess.run(command,
                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
                            env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert build.returncode == 0, build.stderr[-3000:]

@@ -13,7 +13,8 @@ from helpers import SNIPPETS, free_port
 def chat_page(chat_page_origin):
     """`python -m http.server` serving snippets/gui/ on the origin the LLM server allows."""
     port = str(urlparse(chat_page_origin).port)
-    args = [sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1", "--directory", str(SNIPPETS / "gui")]
+    args = [sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1",
+            "--directory", str(SNIPPETS / "gui")]
     with launch(args, {}, chat_page_origin, "/chat.html"):
         yield chat_page_origin + "/chat.html"
 
@@ -28,7 +29,7 @@ def ask(page, question: str) -> list[int]:
 
 
 def test_streams_an_answer(page, chat_page, llm_server):
-    page.goto(f"{chat_page}?base_url={llm_server.url}/v1", wait_until="load")
+    page.goto(f"{chat_page}?base_url={llm_server.url}/v1&max_tokens=48", wait_until="load")
     lengths = ask(page, "Name three colours.")
     assert len(lengths) >= 3, f"the answer did not stream: {lengths}"
     assert page.locator(".assistant").inner_text().strip()
@@ -40,4 +41,5 @@ def test_a_down_server_is_named(page, chat_page):
     down = f"http://127.0.0.1:{free_port()}/v1"
     page.goto(f"{chat_page}?base_url={down}", wait_until="load")
     ask(page, "Hello?")
-    assert page.locator(".error").inner_text().startswith(f"Cannot reach the model server at {down}.")
+    error = page.locator(".error").inner_text()
+    assert error.startswith(f"Cannot reach the model server at {down}.")

@@ -2,9 +2,8 @@
 server is down. (tests/browser/ runs both in Chromium against the real LLM server.)"""
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from helpers import SNIPPETS, free_port, load_snippet
+from streamlit.testing.v1 import AppTest
 
 
 @pytest.fixture
@@ -19,7 +18,8 @@ def test_streamlit_chat_says_the_server_is_down(down_server):
     app = AppTest.from_file(str(SNIPPETS / "gui/chat_streamlit.py"), default_timeout=30).run()
     assert not app.exception and not app.error
     app.chat_input[0].set_value("Hello?").run()
-    assert [e.value for e in app.error] == [f"Cannot reach the model server at {down_server}. Is it running?"]
+    expected = f"Cannot reach the model server at {down_server}. Is it running?"
+    assert [e.value for e in app.error] == [expected]
     assert not app.exception  # a message, not a traceback
     assert not app.session_state["messages"]  # the failed turn is not kept in the conversation
 
@@ -37,4 +37,5 @@ def test_gradio_chat_says_the_server_is_down(down_server):
 def test_gradio_history_becomes_plain_text():
     chat = load_snippet("gui/chat_gradio.py")
     assert chat.text_of("plain") == "plain"
-    assert chat.text_of([{"type": "text", "text": "two "}, {"type": "text", "text": "parts"}]) == "two parts"
+    parts = [{"type": "text", "text": "two "}, {"type": "text", "text": "parts"}]
+    assert chat.text_of(parts) == "two parts"

@@ -291,7 +291,7 @@ class Engine:
                 self.fail([seq], error)
                 continue
             self.join(seq, cache)
-            self.accept(seq, sample(logits, seq))
+            self.accept(seq, sample(logits.unsqueeze(0), [seq])[0])
             self.leave([len(self.running) - 1] if seq.done else [])
 
     def prefill(self, seq: Sequence) -> tuple[DynamicCache, torch.Tensor]:
@@ -319,8 +319,8 @@ class Engine:
             self.running, self.cache, self.mask = [], None, None
             RUNNING.set(0)
             return
-        for row, seq in enumerate(self.running):
-            self.accept(seq, sample(logits[row], seq))
+        for seq, token_id in zip(self.running, sample(logits, self.running)):
+            self.accept(seq, token_id)
         self.leave([row for row, seq in enumerate(self.running) if seq.done])
 
     def accept(self, seq: Sequence, token_id: int) -> None:
@@ -396,26 +396,40 @@ def left_pad(kv: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(kv, (0, 0, width - kv.shape[2], 0))
 
 
-def sample(logits: torch.Tensor, seq: Sequence) -> int:
-    """Greedy at temperature 0; otherwise temperature + nucleus (top_p) sampling with the
-    request's own generator, seeded from its seed or, without one, from the OS's entropy
-    (torch's global generator is never touched)."""
-    params = seq.params
-    if params.temperature == 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
-    if params.top_p < 1:
-        sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(0) - sorted_probs > params.top_p  # keep the smallest set reaching top_p
-        sorted_probs[outside] = 0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    """One token per row: greedy rows take the argmax, the others draw from temperature-scaled
+    probabilities (within the top_p nucleus) with their own generator, seeded from the request's
+    seed or, without one, from the OS's entropy: torch's global generator is never touched."""
+    tokens = logits.argmax(dim=-1).tolist()
+    hot = [row for row, seq in enumerate(seqs) if seq.params.temperature > 0]
+    if hot:
+        temperatures = torch.tensor([[seqs[row].params.temperature] for row in hot])
+        probs = torch.softmax(logits[hot].float() / temperatures, dim=-1)  # one op for every hot row
+        for row, row_probs in zip(hot, probs):
+            tokens[row] = draw(row_probs, seqs[row])
+    return tokens
+
+
+def draw(probs: torch.Tensor, seq: Sequence) -> int:
+    """Sample from the smallest set of most likely tokens whose mass reaches top_p. The set is
+    looked for among the 256 most likely first: sorting the whole vocabulary at every token is
+    the expensive part, and the exact answer needs it only when those 256 fall short of top_p."""
     if seq.generator is None:
         seq.generator = torch.Generator()
-        if params.seed is None:
+        if seq.params.seed is None:
             seq.generator.seed()  # non-deterministic, for this generator only
         else:
-            seq.generator.manual_seed(params.seed)
-    return int(torch.multinomial(probs, 1, generator=seq.generator))
+            seq.generator.manual_seed(seq.params.seed)
+    if seq.params.top_p >= 1:
+        return int(torch.multinomial(probs, 1, generator=seq.generator))
+    for k in (256, probs.numel()):
+        top, index = probs.topk(min(k, probs.numel()))
+        if top.sum() >= seq.params.top_p or k >= probs.numel():
+            break
+    keep = top.cumsum(0) - top < seq.params.top_p  # the mass before this token is short of top_p
+    return int(index[keep][torch.multinomial(top[keep], 1, generator=seq.generator)])
+
+
 # --8<-- [end:engine]
 
 

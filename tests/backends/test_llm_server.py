@@ -346,15 +346,31 @@ def test_detokenizer_cuts_at_a_stop_string_spanning_tokens(smollm2):
 
 def test_sampling_leaves_the_global_generator_alone():
     server = load_snippet(SERVER)
-    logits = torch.randn(100)
+    logits = torch.randn(2, 1000)
     torch.manual_seed(1234)
     before = torch.random.get_rng_state()
     for seed in (None, 5):
-        seq = server.Sequence([1], server.SamplingParams(max_tokens=5, temperature=1.0, top_p=0.9, seed=seed),
-                              loop=None)
+        seqs = [server.Sequence([1], server.SamplingParams(max_tokens=5, temperature=1.0, top_p=top_p, seed=seed),
+                                loop=None) for top_p in (0.9, 1.0)]
         for _ in range(5):
-            server.sample(logits, seq)
+            server.sample(logits, seqs)
     assert torch.equal(torch.random.get_rng_state(), before)  # torch.seed() used to reseed it
+
+
+def test_nucleus_sampling_draws_only_inside_top_p():
+    """Whether the nucleus is found among the top 256 or needs the whole vocabulary, only tokens
+    inside it are drawn, in proportion to their probability."""
+    server = load_snippet(SERVER)
+    peaked = torch.full((1000,), 1e-4)
+    peaked[:3] = torch.tensor([0.5, 0.3, 0.1])  # the nucleus for top_p 0.85 is 3 tokens
+    gentle = torch.linspace(2, 1, 1000)  # the nucleus for top_p 0.5 is ~450 tokens: beyond the top 256
+    for probs, top_p in ((peaked / peaked.sum(), 0.85), (gentle / gentle.sum(), 0.5)):
+        ranked = probs.sort(descending=True)
+        inside = ranked.indices[ranked.values.cumsum(0) - ranked.values < top_p].tolist()
+        seq = server.Sequence([1], server.SamplingParams(max_tokens=1, top_p=top_p, seed=0), loop=None)
+        drawn = [server.draw(probs, seq) for _ in range(3000)]
+        assert set(drawn) <= set(inside)
+        assert len(set(drawn)) > min(len(inside), 300) * 0.6  # and it is not collapsed onto a few of them
 
 
 class FailsOnMarker:

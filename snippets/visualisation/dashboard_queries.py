@@ -16,6 +16,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple], float]  # (sample name, sorted label pairs) -> value
+PROBES = ("/health", "/metrics", "/v1/models")  # monitoring and discovery: not traffic
 
 
 @dataclass
@@ -37,9 +38,11 @@ def parse(text: str) -> Samples:
 
 
 def total(samples: Samples, name: str, **match: str) -> float:
-    """Sum of the series called `name` whose labels start with the given prefixes
-    (status="5" matches 500 and 503)."""
+    """Sum of the series called `name` whose labels start with the given values (status="5"
+    matches 500 and 503), leaving out the requests to PROBES routes (this dashboard's own
+    scrapes among them)."""
     return sum(value for (sample, labels), value in samples.items() if sample == name
+               and dict(labels).get("route") not in PROBES
                and all(dict(labels).get(k, "").startswith(v) for k, v in match.items()))
 
 

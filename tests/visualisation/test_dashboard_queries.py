@@ -9,13 +9,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 queries = load_snippet("visualisation/dashboard_queries.py")
 DAY = 86400
+CHAT = "/v1/chat/completions"
 
 
 def llm_registry():
     """The LLM server's metric names and buckets, in a registry of the test's own."""
     registry = CollectorRegistry()
     return registry, {
-        "requests": Counter("llm_requests", "", ["status"], registry=registry),
+        "requests": Counter("llm_requests", "", ["route", "status"], registry=registry),
         "ttft": Histogram("llm_time_to_first_token_seconds", "", registry=registry,
                           buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)),
         "waiting": Gauge("llm_waiting_sequences", "", registry=registry),
@@ -28,12 +29,13 @@ def snapshot(registry, at: float):
 
 def test_rates_and_percentiles_between_two_scrapes():
     registry, m = llm_registry()
-    m["requests"].labels("200").inc(7)
+    m["requests"].labels(CHAT, "200").inc(7)
     m["ttft"].observe(5.0)  # before the window: must not count
     old = snapshot(registry, at=100.0)
-    m["requests"].labels("200").inc(18)
-    m["requests"].labels("503").inc(2)
-    m["requests"].labels("400").inc(1)
+    m["requests"].labels(CHAT, "200").inc(18)
+    m["requests"].labels(CHAT, "503").inc(2)
+    m["requests"].labels(CHAT, "400").inc(1)
+    m["requests"].labels("/metrics", "200").inc(2)  # scrapes are not traffic
     for _ in range(90):
         m["ttft"].observe(0.07)  # the (0.05, 0.1] bucket
     for _ in range(10):
@@ -55,10 +57,10 @@ def test_rates_and_percentiles_between_two_scrapes():
 
 def test_a_restarted_server_counts_from_zero():
     registry, m = llm_registry()
-    m["requests"].labels("200").inc(1000)
+    m["requests"].labels(CHAT, "200").inc(1000)
     old = snapshot(registry, at=0.0)
     registry, m = llm_registry()  # the process restarted: its counters start again
-    m["requests"].labels("200").inc(30)
+    m["requests"].labels(CHAT, "200").inc(30)
     m["ttft"].observe(0.07)
     new = snapshot(registry, at=10.0)
     assert queries.rate(old, new, "llm_requests_total") == pytest.approx(3.0)
@@ -71,7 +73,7 @@ def test_window_points_look_back_at_most_the_window():
     history = []
     for second in range(0, 50, 5):  # a scrape every 5 s, one request per second
         history.append(snapshot(registry, at=float(second)))
-        m["requests"].labels("200").inc(5)
+        m["requests"].labels(CHAT, "200").inc(5)
     points = queries.window_points(history, queries.llm_point, window_s=20)
     assert [p["time"] for p in points] == [float(s) for s in range(5, 50, 5)]
     assert all(p["requests/s"] == pytest.approx(1.0) for p in points)

@@ -6,7 +6,7 @@ import random
 import time
 
 import requests
-from browser_kit import screenshot, streamlit_app
+from browser_kit import SCREENSHOTS, screenshot, streamlit_app
 from helpers import free_port
 from visualisation.conversation_fixture import add_request, request_log, write_log
 
@@ -51,6 +51,9 @@ def test_live_charts_feedback_and_conversations(page, llm_server, tmp_path):
         page.wait_for_function(
             "el => parseFloat(el.querySelector('[data-testid=stMetricValue]').innerText) > 0",
             arg=requests_per_s.element_handle(), timeout=30_000)
+        if SCREENSHOTS:  # half a minute more traffic, so each chart has a line to show
+            chat(llm_server.url, 20)
+            page.wait_for_timeout(6000)
         charts = page.get_by_test_id("stVegaLiteChart")
         assert charts.count() == 5 + 2  # five LLM charts, two feedback charts
         for i in range(charts.count()):

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-from browser_kit import screenshot
 
 # Material draws each diagram into a closed shadow root; opened, the test can measure it.
 OPEN_SHADOW_ROOTS = """
@@ -75,7 +74,6 @@ def test_mermaid_diagram_renders_offline(page, site):
     labels = [text for text, _ in diagram.evaluate(LABEL_SIZES)]
     assert "1 Customer needs" in labels and "Data flywheel" in labels
     assert page.external_requests == []
-    screenshot(page, "img/home-diagram.png", "tests/browser/test_site.py")
 
 
 def test_every_diagram_is_legible(page, site):

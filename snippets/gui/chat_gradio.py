@@ -72,7 +72,7 @@ def respond(message: str, history: list[dict], system_prompt: str, temperature: 
 
 def send_rating(like: gr.LikeData, ids: dict) -> None:
     """Like is a rating of 1, dislike of -1, for the response shown at that position."""
-    request_id = ids.get(like.index) or ids.get(str(like.index))  # gr.State may turn keys to text
+    request_id = ids.get(like.index)
     if request_id is None:
         return
     try:

@@ -130,6 +130,9 @@ def draw(graph: nx.DiGraph, path: Path | str) -> None:
     ax.set_xlim(-0.7, width - 0.3)
     ax.set_ylim(-depth + 0.5, 0.5)
     ax.axis("off")
+    fig.text(0.01, 0.01, "blue: question, green: answer; border green: thumbs up, red: thumbs "
+             "down; dashed: a branch (regenerated answer or edited question)", fontsize=8,
+             color="#495057")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

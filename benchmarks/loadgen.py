@@ -28,14 +28,28 @@ import uvloop
 class Connection:
     """One keep-alive HTTP/1.1 connection that sends a JSON POST and reads the whole answer."""
 
+    IDLE_LIMIT_S = 4  # servers close idle keep-alive connections (uvicorn after 5 s): reconnect first
+
     def __init__(self, host: str, port: int, path: str, headers: bytes):
         self.host, self.port, self.path, self.headers = host, port, path, headers
         self.reader = self.writer = None
+        self.last_used = 0.0
 
     async def post(self, body: bytes) -> dict:
+        """One request; a connection the server closed or reset counts as a failed request
+        (status 0) and the next request opens a new one."""
+        started = time.perf_counter()
+        try:
+            return await self.exchange(body, started)
+        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+            self.close()
+            return {"status": 0, "latency": time.perf_counter() - started}
+
+    async def exchange(self, body: bytes, started: float) -> dict:
+        if self.writer is not None and time.monotonic() - self.last_used > self.IDLE_LIMIT_S:
+            self.close()
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        started = time.perf_counter()
         self.writer.write(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%s"
                           b"Content-Length: %d\r\n\r\n%s" % (self.path.encode(), self.headers, len(body), body))
         status = int((await self.reader.readline()).split()[1])
@@ -48,6 +62,7 @@ class Connection:
         else:
             await self.reader.readexactly(int(headers.get(b"content-length", b"0")))
             record = {}
+        self.last_used = time.monotonic()
         return {"status": status, "latency": time.perf_counter() - started, **record}
 
     async def read_events(self, started: float) -> dict:
@@ -76,26 +91,29 @@ class Connection:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        self.reader = self.writer = None
 
 
 async def closed_loop(connect, bodies: list[bytes], concurrency: int, max_requests: int,
                       max_seconds: float) -> tuple[list[dict], float]:
-    budget = [max_requests]
+    """Each worker takes the next body in workload order (a fast worker takes more of them, as a
+    real client would), until max_requests are sent or max_seconds have passed."""
+    sent = 0
     stop_at = time.monotonic() + max_seconds
     records: list[dict] = []
 
-    async def worker(offset: int):
-        connection, i = connect(), offset
+    async def worker():
+        nonlocal sent
+        connection = connect()
         try:
-            while budget[0] > 0 and time.monotonic() < stop_at:
-                budget[0] -= 1
-                records.append(await connection.post(bodies[i % len(bodies)]))
-                i += concurrency
+            while sent < max_requests and time.monotonic() < stop_at:
+                body, sent = bodies[sent % len(bodies)], sent + 1
+                records.append(await connection.post(body))
         finally:
             connection.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return records, time.perf_counter() - started
 
 
@@ -139,7 +157,8 @@ def summarise(records: list[dict], elapsed: float) -> dict:
     summary = {"requests": len(records), "errors": len(records) - len(ok), "seconds": round(elapsed, 2),
                "requests_per_s": round(len(ok) / elapsed, 2), **pct("latency")}
     if ok and "tokens" in ok[0]:
-        summary["output_tokens_per_s"] = round(sum(r["tokens"] for r in ok) / elapsed, 1)
+        summary["output_tokens"] = sum(r["tokens"] for r in ok)
+        summary["output_tokens_per_s"] = round(summary["output_tokens"] / elapsed, 1)
         summary.update(pct("ttft"))
         summary.update(pct("tpot"))
     return summary

@@ -157,7 +157,7 @@ def measured_gains() -> str:
     embed = json.loads((results / "embedding_server.json").read_text())
     llm = json.loads((results / "llm_server.json").read_text())
     embed_gain = embed["targets"]["speed-up from batching at concurrency 32"]["value"]
-    llm_gain = llm["targets"]["continuous batching tok/s at 8 clients vs one at a time"]["value"]
+    llm_gain = llm["targets"]["continuous batching vs one at a time, tok/s at 8 clients"]["value"]
     return (f"- dynamic batching: {embed_gain} the embedding requests per second of the same server without it, "
             f"at 32 concurrent clients ([measured](../backends/batching.md#measured-gain), {embed['cpu_cores']} CPU cores);\n"
             f"- continuous batching: {llm_gain} the LLM output tokens per second of one request at a time, "
@@ -196,6 +196,19 @@ def embedding_replicas_example() -> str:
             f"{replicas} x 730 h x $0.1785 = **${planner.budget.always_on_monthly(0.1785, replicas):,.0f} a month**.\n")
 
 
+def redaction_report() -> str:
+    """What the PII rules catch and miss on the project's own test set, computed at build time."""
+    sys.path.insert(0, str(REPO / "snippets" / "data_flywheel"))
+    import redact
+
+    lines = ["| kind | caught | missed |", "|---|---:|---:|"]
+    for kind, row in redact.catch_report(redact.load_cases()).items():
+        caught, missed = (row["caught"], row["missed"]) if "caught" in row else (row["kept"], row["over_redacted"])
+        label = f"{kind} (kept / wrongly redacted)" if "kept" in row else kind
+        lines.append(f"| {label} | {caught} | {missed} |")
+    return "\n".join(lines) + "\n"
+
+
 def format_row(model: str, fmt: str) -> dict:
     rows = json.loads((REPO / "benchmarks" / "results" / "model_formats.json").read_text())["rows"]
     return next(r for r in rows if r["model"] == model and r["format"].startswith(fmt))
@@ -209,7 +222,7 @@ FIGURES = {  # inline figures a sentence may quote with <!-- figure: name -->, r
 FIGURE = re.compile(r"<!-- figure: (\w+) -->")
 RENDERERS = {f.__name__: f for f in (measured_gains, backends_table, backends_status, backend_guide, tutorials_table,
                                      frontends_table, hosts_table, plan, tensor_parallel_table, quantization_table,
-                                     peak_window_example, embedding_replicas_example)}
+                                     peak_window_example, embedding_replicas_example, redaction_report)}
 
 
 def render(markdown: str) -> str:

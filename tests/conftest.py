@@ -4,6 +4,9 @@ Nothing may download weights or data from a hub, so the hub is switched off befo
 """
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from helpers import MODELS, load_snippet, serve  # noqa: E402
+from helpers import MODELS, REPO, free_port, load_snippet, serve  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -48,16 +51,40 @@ def smollm2(smollm2_dir):
 
 
 @pytest.fixture(scope="session")
-def embedding_server():
-    """The embedding server, started once for every test that needs the default configuration."""
-    with serve("backends/embedding_server.py", "--max-batch-size", "32", "--max-wait-ms", "2") as handle:
+def embedding_server(tmp_path_factory):
+    """The embedding server with its request log, started once for every test that needs the
+    default configuration; `handle.log_db` is the log's path."""
+    log_db = tmp_path_factory.mktemp("embedding-log") / "requests.db"
+    with serve("backends/embedding_server.py", "--log-db", str(log_db)) as handle:
+        handle.log_db = log_db
         yield handle
 
 
 @pytest.fixture(scope="session")
-def llm_server(smollm2_dir):
-    """The LLM server in float32 (batched greedy output then equals one-at-a-time output), started
-    once for every test that needs the default configuration."""
+def chat_page_origin() -> str:
+    """The origin the plain HTML chat page is served from; the LLM server allows it by CORS."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def llm_server(smollm2_dir, tmp_path_factory, chat_page_origin):
+    """The LLM server in float32 (batched greedy output then equals one-at-a-time output) with its
+    request log, started once for every test that needs the default configuration: the API
+    tests, the front ends and the browser tests."""
+    log_db = tmp_path_factory.mktemp("llm-log") / "requests.db"
     with serve("backends/llm_server.py", "--model", str(smollm2_dir), "--dtype", "float32",
-               "--max-running", "16") as handle:
+               "--max-running", "16", "--log-db", str(log_db), "--cors-origin", chat_page_origin) as handle:
+        handle.log_db = log_db
         yield handle
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory) -> Path:
+    """The site, built once per session with `mkdocs build --strict` (any warning fails it)."""
+    out = tmp_path_factory.mktemp("site")
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert build.returncode == 0, build.stderr[-5000:]
+    assert not re.search(r"^WARNING\s+-", build.stderr, re.M), build.stderr[-5000:]
+    return out

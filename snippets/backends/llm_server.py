@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +33,16 @@ import torch.nn.functional as F
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from request_log import Row
 from server_kit import (
     ApiError,
     DrainingServer,
@@ -42,9 +50,12 @@ from server_kit import (
     add_middleware,
     add_server_arguments,
     check_server_arguments,
+    close_request_log,
     configure_logging,
     install_error_handlers,
     log,
+    log_answer,
+    open_request_log,
     unless_disconnected,
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -536,11 +547,11 @@ async def chat_completions(body: ChatRequest, request: Request):
     tokens_name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     params = sampling_params(len(prompt_ids), state.settings.max_context,
                              body.max_completion_tokens or body.max_tokens, tokens_name,
-                             temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                             stop=tuple(body.stop))
+                             temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop))
     seq = start(state, prompt_ids, params)
     deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
-    reply = ChatReply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), seq)
+    reply = ChatReply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), seq,
+                      log=answer_logger(request, "/v1/chat/completions", messages, body.user))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(reply.events(deadline, include_usage, arrived), media_type="text/event-stream",
@@ -549,7 +560,19 @@ async def chat_completions(body: ChatRequest, request: Request):
     if not finished:
         return Response(status_code=499)  # the client is gone; nobody reads this
     observe(seq, arrived)
+    await reply.log(reply.id, text, 200)  # committed before the answer leaves
     return JSONResponse(reply.completion(text), headers={"X-Request-Id": reply.id})
+
+
+def answer_logger(request: Request, route: str, prompt, user: str | None):
+    """A function that records one answer of this request in the request log (if there is one)."""
+    app, arrived = request.app, time.time()
+
+    async def log(request_id: str, text: str, status: int) -> None:
+        await log_answer(app, Row(request_id, arrived, route, MODEL_ID, app.state.settings.model_version, user,
+                                  json.dumps(prompt), json.dumps(text), (time.time() - arrived) * 1000, status))
+
+    return log
 
 
 @dataclass
@@ -559,6 +582,7 @@ class ChatReply:
     id: str
     created: int
     seq: Sequence
+    log: Callable[[str, str, int], Awaitable[None]]
 
     def usage(self) -> dict:
         prompt, completion = len(self.seq.prompt_ids), self.seq.generated
@@ -577,21 +601,27 @@ class ChatReply:
 
     async def events(self, deadline: float, include_usage: bool, arrived: float) -> AsyncIterator[str]:
         """Server-sent events. A failure after the stream has begun is sent as an error event,
-        then [DONE] (the status line already said 200): never a silent cut."""
+        then [DONE] (the status line already said 200): never a silent cut. The answer is logged
+        before [DONE] leaves."""
+        text, status = "", 200
         try:
             yield self.chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
             async for piece in text_pieces(self.seq, deadline):
+                text += piece
                 yield self.chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
             yield self.chunk([{"index": 0, "delta": {}, "finish_reason": self.seq.finish_reason}])
             if include_usage:
                 yield self.chunk([], usage=self.usage())
             observe(self.seq, arrived)
         except TimeoutError:
+            status = 504
             yield error_event(504, "Request timed out before the answer was complete.", "timeout")
         except ApiError as error:
+            status = error.status
             yield error_event(error.status, error.message, error.code)
         finally:  # normal end, failure, or the client left and Starlette cancelled us
             self.seq.cancelled = True
+        await self.log(self.id, text, status)
         yield "data: [DONE]\n\n"
 
 
@@ -618,7 +648,9 @@ async def tgi_generate(body: GenerateRequest, request: Request):
     if not finished:
         return Response(status_code=499)
     observe(seq, arrived)
-    return {"generated_text": text}
+    request_id = f"gen-{uuid.uuid4().hex}"
+    await answer_logger(request, "/generate", body.inputs, None)(request_id, text, 200)
+    return JSONResponse({"generated_text": text}, headers={"X-Request-Id": request_id})
 
 
 class Metrics:
@@ -661,6 +693,9 @@ class Settings:
     api_keys: list[str] = field(default_factory=list)
     rate_limit: float | None = None
     cors_origins: list[str] = field(default_factory=list)
+    log_db: Path | None = None
+    log_sync: str = "NORMAL"
+    model_version: str = "smollm2-135m-instruct"
 
 
 def resolve_model(path: Path) -> tuple[Path, str | None]:
@@ -712,6 +747,7 @@ async def lifespan(app: FastAPI):
     if hasattr(app.state, "engine"):
         app.state.engine.stopped.set()
     app.state.tokenizer_thread.shutdown(wait=False)
+    close_request_log(app)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -720,6 +756,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
     install_error_handlers(app)
     app.include_router(router)
+    open_request_log(app, settings.log_db, settings.log_sync)
     add_middleware(app, Metrics, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins)
     return app
 
@@ -736,6 +773,7 @@ def main() -> None:
     parser.add_argument("--max-context", type=int, default=2048, help="prompt + output tokens per request")
     parser.add_argument("--request-timeout", type=float, default=600, help="seconds before a request fails (504)")
     parser.add_argument("--drain-seconds", type=float, default=30, help="how long SIGTERM waits for streams")
+    parser.add_argument("--model-version", help="the version the request log records (default: folder and dtype)")
     args = parser.parse_args()
     api_keys = check_server_arguments(parser, args)
     if min(args.threads, args.max_running, args.max_waiting, args.max_context) < 1 or args.request_timeout <= 0:
@@ -744,7 +782,8 @@ def main() -> None:
     if args.model != DEFAULT_MODEL and not args.model.exists():
         parser.error(f"--model: no such file or folder: {args.model}")
     settings = Settings(args.model, args.dtype, args.threads, args.max_running, args.max_waiting,
-                        args.max_context, args.request_timeout, api_keys, args.rate_limit, args.cors_origin)
+                        args.max_context, args.request_timeout, api_keys, args.rate_limit, args.cors_origin,
+                        args.log_db, args.log_sync, args.model_version or f"{args.model.name}-{args.dtype}")
     configure_logging()
     # The engine thread holds the GIL between torch ops; a short switch interval lets the event loop
     # take it back within a millisecond to send a token, instead of the default 5 ms.

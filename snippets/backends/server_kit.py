@@ -10,7 +10,8 @@ files together. Nothing here knows about models:
   bearer keys in constant time and rate-limits each key;
 - `Health`: the phase a readiness probe sees (loading, ready, draining, failed with a reason);
 - `unless_disconnected`: await work, or cancel it when the client hangs up;
-- `DrainingServer`: on SIGTERM, report draining, stop accepting, finish what was accepted.
+- `DrainingServer`: on SIGTERM, report draining, stop accepting, finish what was accepted;
+- `open_request_log`, `log_answer` and POST /v1/feedback: the request log of request_log.py.
 """
 
 import argparse
@@ -21,13 +22,15 @@ import math
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from request_log import RequestLog, Row
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("servebook")
@@ -206,6 +209,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests per minute allowed per key (per client address without keys)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="let a web page from ORIGIN (e.g. http://127.0.0.1:5500) call the API (repeatable)")
+    parser.add_argument("--log-db", type=Path, metavar="PATH",
+                        help="log every answer to this SQLite file and accept POST /v1/feedback")
+    parser.add_argument("--log-sync", choices=["NORMAL", "FULL"], default="NORMAL",
+                        help="NORMAL survives a crash of the server; FULL also a power cut, at an fsync per commit")
 
 
 def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
@@ -214,7 +221,54 @@ def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"--api-keys: no such file: {args.api_keys}")
     if args.rate_limit is not None and args.rate_limit <= 0:
         parser.error("--rate-limit must be > 0")
+    if args.log_db and not args.log_db.parent.is_dir():
+        parser.error(f"--log-db: no such folder: {args.log_db.parent}")
     return load_api_keys(args.api_key, args.api_keys)
+
+
+# --8<-- [start:feedback]
+class Feedback(BaseModel):
+    """The body of POST /v1/feedback: a rating of one logged answer, by the id the answer carried."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    id: Annotated[str, Field(min_length=1)]
+    rating: Literal[1, -1]
+    correction: str | None = None
+    comment: str | None = None
+
+
+feedback_router = APIRouter()
+
+
+@feedback_router.post("/v1/feedback")
+async def feedback(body: Feedback, request: Request):
+    """Attach a thumbs up or down (and an optional correction) to a logged answer; a repeat
+    replaces the earlier rating. Served only when the server keeps a request log."""
+    found = await request.app.state.request_log.feedback(body.id, body.rating, body.correction, body.comment)
+    if not found:
+        raise ApiError(404, f"No logged request has the id '{body.id}'.", param="id", code="not_found")
+    return {"id": body.id, "rating": body.rating, "status": "recorded"}
+# --8<-- [end:feedback]
+
+
+def open_request_log(app: FastAPI, path: Path | None, synchronous: str) -> None:
+    """With --log-db, keep a request log and serve /v1/feedback; without, neither exists (a client
+    probing /v1/feedback then gets 404 and hides its thumbs)."""
+    app.state.request_log = RequestLog(path, synchronous) if path else None
+    if path:
+        app.include_router(feedback_router)
+
+
+def close_request_log(app: FastAPI) -> None:
+    """At shutdown, after the last request: commit what is queued and stop the writer."""
+    if app.state.request_log is not None:
+        app.state.request_log.close()
+
+
+async def log_answer(app: FastAPI, row: Row) -> None:
+    """Record an answered request, awaiting its commit (call before the response's last byte)."""
+    if app.state.request_log is not None:
+        await app.state.request_log.record(row)
 
 
 class Health:

@@ -103,7 +103,7 @@ def llm_layout(config: dict, gpu: dict, spec: dict, host: dict) -> dict:
 def measured_cpu_embeddings_rps() -> float:
     """Best requests/s of this guide's embedding server on 2 CPU cores, from its benchmark."""
     measured = json.loads((REPO / "benchmarks" / "results" / "embedding_server.json").read_text())
-    return max(r["requests_per_s"] for r in measured["server"] if r["mode"] == "batching on")
+    return max(r["requests_per_s"] for r in measured["server"] if r["mode"] == "batching on" and r["load"] == "closed")
 
 
 def encoder_capacity(config: dict, gpu: dict | None, spec: dict, host: dict) -> dict:

@@ -1,19 +1,17 @@
 """Fixtures for the tests that look at things as a person does: headless Chromium (Debian's
-`chromium` package, driven by Playwright), and one LLM server and one built site per session."""
+`chromium` package, driven by Playwright) and the built site served on loopback. The LLM server
+and the built site are the session's own (tests/conftest.py)."""
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from browser_kit import VIEWPORT, launch
-from helpers import REPO, free_port, serve
+from helpers import free_port
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-LLM_SERVER = "backends/llm_server.py"
 
 
 @pytest.fixture(scope="session")
@@ -51,32 +49,10 @@ def page(browser):
 
 
 @pytest.fixture(scope="session")
-def chat_page_origin() -> str:
-    """The origin the plain HTML chat page is served from; the LLM server allows it by CORS."""
-    return f"http://127.0.0.1:{free_port()}"
-
-
-@pytest.fixture(scope="session")
-def llm_server(tmp_path_factory, chat_page_origin):
-    """The real LLM server of the back-end section, with its request log (for feedback)."""
-    log_db = tmp_path_factory.mktemp("llm") / "requests.db"
-    with serve(LLM_SERVER, "--log-db", str(log_db), "--cors-origin", chat_page_origin) as server:
-        server.log_db = log_db
-        yield server
-
-
-@pytest.fixture(scope="session")
-def site(tmp_path_factory):
-    """The site built once with `mkdocs build --strict` and served on loopback; yields its URL."""
-    out = tmp_path_factory.mktemp("site")
-    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(out)]
-    build = subprocess.run(command,
-                           cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
-                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
-    assert build.returncode == 0, build.stderr[-3000:]
+def site(built_site):
+    """The session's built site, served on loopback; yields its URL."""
     port = free_port()
     with launch([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                 "--directory", str(out)], {}, f"http://127.0.0.1:{port}") as server:
-        server.root = out
+                 "--directory", str(built_site)], {}, f"http://127.0.0.1:{port}") as server:
+        server.root = built_site
         yield server
-    shutil.rmtree(out, ignore_errors=True)

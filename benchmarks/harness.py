@@ -1,0 +1,127 @@
+"""What every benchmark here does the same way: start a server in its own process group on a free
+loopback port, wait until it is ready, drive it with the load generator (its own process), stop
+it, and summarise repeated runs as medians with their spread.
+"""
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+LOADGEN = REPO / "benchmarks" / "loadgen.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpu_cores": len(os.sched_getaffinity(0)), "machine": platform.machine(),
+            "processor": cpu_model(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+class Server:
+    """A server process started for a benchmark: ready when `ready_path` answers 200."""
+
+    def __init__(self, command: list[str], port: int, ready_path: str = "/health", timeout: float = 300):
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{command[:3]} exited with {self.proc.returncode}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(self.url + ready_path, timeout=1).status_code == 200:
+                    self.startup_s = time.perf_counter() - started
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{command[:3]} not ready after {timeout} s")
+
+    def peak_memory_mb(self) -> float:
+        """Peak resident memory of the server's process group (VmHWM, summed over its processes)."""
+        total = 0
+        for pid in group_pids(self.proc.pid):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        return round(total / 1024, 1)
+
+    def stop(self) -> None:
+        """The whole process group goes: some servers start workers of their own."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def load(url: str, path: str, workload: Path, *, concurrency: int | None = None, rate: float | None = None,
+         max_requests: int = 1000, max_seconds: float = 15, warmup: int = 1, api_key: str | None = None) -> dict:
+    """One level of load from the load generator, in its own process; its JSON summary."""
+    command = [sys.executable, str(LOADGEN), "--url", url, "--path", path, "--workload", str(workload),
+               "--max-requests", str(max_requests), "--max-seconds", str(max_seconds), "--warmup", str(warmup)]
+    command += ["--concurrency", str(concurrency)] if concurrency else ["--rate", str(rate)]
+    if api_key:
+        command += ["--api-key", api_key]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=max_seconds * 4 + 300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout)
+
+
+def median_of(runs: list[dict], keys: list[str]) -> dict:
+    """Median of each figure over repeated runs, with its spread (min and max) beside it."""
+    out = {}
+    for key in keys:
+        values = [run[key] for run in runs if key in run]
+        if values:
+            out[key] = round(statistics.median(values), 2)
+            out[f"{key}_min"], out[f"{key}_max"] = round(min(values), 2), round(max(values), 2)
+    out["repeats"] = len(runs)
+    return out
+
+
+def spread(row: dict, key: str) -> str:
+    """'412 (398-430)': the median and its range over the repeats."""
+    if f"{key}_min" not in row or row["repeats"] < 2:
+        return f"{row[key]:g}"
+    return f"{row[key]:g} ({row[f'{key}_min']:g}-{row[f'{key}_max']:g})"

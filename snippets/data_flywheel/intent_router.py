@@ -1,0 +1,198 @@
+"""An intent router: it classifies support requests with a registered classifier head over the
+embedding server, sends a share of traffic to a candidate version (a canary), logs which version
+answered, and promotes or rolls back the candidate on request.
+
+    python snippets/data_flywheel/intent_router.py --port 8300 --registry registry --stable v0 \\
+        --embedding-url http://127.0.0.1:8000 --log-db router.db
+
+Routes: POST /v1/classify {"text", "user"?} -> {"id", "intent", "confidence", "model_version"};
+POST /v1/feedback (as on the model servers); GET /v1/versions; POST /v1/canary {"candidate",
+"share"}; POST /v1/promote; POST /v1/rollback; GET /health. The canary and deployment routes
+change what users get: give the router --api-key in production.
+"""
+
+import argparse
+import base64
+import contextlib
+import json
+import sys
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import numpy as np
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))  # the servers' shared kit
+import registry  # noqa: E402
+from request_log import Row  # noqa: E402
+from server_kit import (  # noqa: E402
+    ApiError,
+    Guard,
+    add_server_arguments,
+    check_server_arguments,
+    close_request_log,
+    install_error_handlers,
+    log_answer,
+    open_request_log,
+)
+
+HEAD_NAME = "support-intent-head"
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: Annotated[str, Field(min_length=1, max_length=4000)]
+    user: str | None = None
+
+
+class CanaryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    candidate: str
+    share: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+
+# --8<-- [start:deployment]
+class Deployment:
+    """Which heads serve: the stable version, and optionally a candidate taking `share` of traffic."""
+
+    def __init__(self, registry_dir: Path, stable: str):
+        self.registry_dir = registry_dir
+        self.heads = {stable: registry.load(registry_dir, stable)[0]}
+        self.stable, self.candidate, self.share = stable, None, 0.0
+
+    def pick(self, key: str) -> str:
+        """The version that answers a caller: a hash of `key` (the user, else the text) puts the
+        same caller on the same side of the canary every time, as a user expects."""
+        if self.candidate and zlib.crc32(key.encode()) % 10_000 < self.share * 10_000:
+            return self.candidate
+        return self.stable
+
+    def start_canary(self, candidate: str, share: float) -> None:
+        try:
+            self.heads[candidate] = registry.load(self.registry_dir, candidate)[0]
+        except FileNotFoundError as error:
+            raise ApiError(404, str(error), param="candidate", code="not_found") from None
+        self.candidate, self.share = candidate, share
+
+    def promote(self) -> None:
+        """The candidate becomes stable; the old stable version stops serving."""
+        self.require_candidate()
+        self.heads.pop(self.stable)
+        self.stable, self.candidate, self.share = self.candidate, None, 0.0
+
+    def rollback(self) -> None:
+        """The candidate stops serving; the stable version takes all traffic again."""
+        self.require_candidate()
+        self.heads.pop(self.candidate)
+        self.candidate, self.share = None, 0.0
+
+    def require_candidate(self) -> None:
+        if self.candidate is None:
+            raise ApiError(409, "No candidate is deployed.", code="no_candidate")
+
+    def describe(self) -> dict:
+        return {"stable": self.stable, "candidate": self.candidate, "share": self.share,
+                "registered": registry.versions(self.registry_dir)}
+# --8<-- [end:deployment]
+
+
+async def embed(client: httpx.AsyncClient, texts: list[str]) -> np.ndarray:
+    """Sentence embeddings from the embedding server (base64 float32, its fastest encoding)."""
+    response = await client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": texts,
+                                                         "encoding_format": "base64"})
+    if response.status_code != 200:
+        raise ApiError(502, f"The embedding server answered {response.status_code}: {response.text[:200]}",
+                       code="upstream_error")
+    return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in response.json()["data"]])
+
+
+router = APIRouter()
+
+
+@router.get("/health")
+def health():
+    return {"status": "ready"}
+
+
+# --8<-- [start:classify]
+@router.post("/v1/classify")
+async def classify(body: ClassifyRequest, request: Request):
+    arrived, state = time.time(), request.app.state
+    version = state.deployment.pick(body.user or body.text)
+    vector = await embed(state.embedder, [body.text])
+    probabilities = state.deployment.heads[version].predict_proba(vector)[0]
+    best = int(np.argmax(probabilities))
+    intent = str(state.deployment.heads[version].classes_[best])
+    request_id = f"cls-{uuid.uuid4().hex}"
+    await log_answer(request.app, Row(request_id, arrived, "/v1/classify", HEAD_NAME, version, body.user,
+                                      json.dumps(body.text), json.dumps(intent), (time.time() - arrived) * 1000, 200))
+    return {"id": request_id, "intent": intent, "confidence": round(float(probabilities[best]), 4),
+            "model_version": version}
+# --8<-- [end:classify]
+
+
+@router.get("/v1/versions")
+def versions(request: Request):
+    return request.app.state.deployment.describe()
+
+
+@router.post("/v1/canary")
+def canary(body: CanaryRequest, request: Request):
+    request.app.state.deployment.start_canary(body.candidate, body.share)
+    return request.app.state.deployment.describe()
+
+
+@router.post("/v1/promote")
+def promote(request: Request):
+    request.app.state.deployment.promote()
+    return request.app.state.deployment.describe()
+
+
+@router.post("/v1/rollback")
+def rollback(request: Request):
+    request.app.state.deployment.rollback()
+    return request.app.state.deployment.describe()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    async with httpx.AsyncClient(base_url=app.state.embedding_url, timeout=60) as client:
+        app.state.embedder = client
+        yield
+    close_request_log(app)
+
+
+def create_app(deployment: Deployment, embedding_url: str, log_db: Path | None, api_keys: list[str]) -> FastAPI:
+    app = FastAPI(title="Intent router with canary deployments", lifespan=lifespan)
+    app.state.deployment, app.state.embedding_url = deployment, embedding_url
+    install_error_handlers(app)
+    app.include_router(router)
+    open_request_log(app, log_db, "NORMAL")
+    app.add_middleware(Guard, api_keys=api_keys, rate_limit_per_minute=None, max_body_bytes=100_000)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Intent router with canary deployments")
+    add_server_arguments(parser)
+    parser.add_argument("--registry", type=Path, required=True, help="the registry folder")
+    parser.add_argument("--stable", required=True, help="the version that serves at start")
+    parser.add_argument("--embedding-url", default="http://127.0.0.1:8000", help="the embedding server")
+    args = parser.parse_args()
+    api_keys = check_server_arguments(parser, args)
+    try:
+        deployment = Deployment(args.registry, args.stable)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    app = create_app(deployment, args.embedding_url, args.log_db, api_keys)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,22 @@ def minilm(minilm_dir):
 
 
 @pytest.fixture(scope="session")
+def embed_one(minilm):
+    """The reference embedding: the model called directly, one input at a time, no padding."""
+    import torch
+
+    tokenizer, model = minilm
+
+    @torch.inference_mode()
+    def embed(text: str):
+        batch = tokenizer([text], return_tensors="pt")
+        pooled = model(**batch).last_hidden_state.mean(1)
+        return torch.nn.functional.normalize(pooled, dim=-1)[0].numpy()
+
+    return embed
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a plain safetensors folder, converted once from the GGUF."""
     convert = load_snippet("servable_model/gguf_to_safetensors.py")

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import llguidance
+import llguidance.hf
+import numpy as np
 import torch
 import torch.nn.functional as F
 import uvicorn
@@ -95,6 +98,22 @@ class StreamOptions(BaseModel):
 StopStrings = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)]
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str | None = None
+    json_schema: dict = Field(alias="schema")  # "schema" would shadow a pydantic method
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: free text, any JSON object, or JSON valid against a schema."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class ChatRequest(BaseModel):
     """The body of POST /v1/chat/completions. Unknown fields are refused; fields the OpenAI API
     has but this server does not implement are accepted by the schema and refused by name."""
@@ -112,13 +131,13 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     n: Literal[1] = 1
+    response_format: ResponseFormat | None = None
     tools: Any = None
     tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
     logprobs: Any = None
     top_logprobs: Any = None
-    response_format: Any = None
     logit_bias: Any = None
     presence_penalty: Any = None
     frequency_penalty: Any = None
@@ -131,8 +150,7 @@ class ChatRequest(BaseModel):
 
 
 NOT_IMPLEMENTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs",
-                   "response_format", "logit_bias", "presence_penalty", "frequency_penalty",
-                   "parallel_tool_calls")
+                   "logit_bias", "presence_penalty", "frequency_penalty", "parallel_tool_calls")
 
 
 class GenerateParameters(BaseModel):
@@ -230,6 +248,7 @@ class Sequence:
     last_token_at: float | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
     detokenizer: Detokenizer | None = field(default=None, repr=False)
+    matcher: llguidance.LLMatcher | None = field(default=None, repr=False)  # structured output only
 
     def emit(self, event: str | Exception | None) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is listening
@@ -343,7 +362,12 @@ class Engine:
         OUTPUT_TOKENS.inc()
         if token_id in self.eos_ids:
             seq.finish_reason = "stop"
-        elif text := seq.detokenizer.add(token_id):
+            return
+        if seq.matcher is not None:
+            seq.matcher.consume_token(token_id)
+            if seq.matcher.is_stopped():  # the grammar is complete: nothing more may follow
+                seq.finish_reason = "stop"
+        if text := seq.detokenizer.add(token_id):
             seq.emit(text)
         if seq.detokenizer.stopped:
             seq.finish_reason = "stop"
@@ -411,6 +435,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     """One token per row: greedy rows take the argmax, the others draw from temperature-scaled
     probabilities (within the top_p nucleus) with their own generator, seeded from the request's
     seed or, without one, from the OS's entropy: torch's global generator is never touched."""
+    constrain(logits, seqs)
     tokens = logits.argmax(dim=-1).tolist()
     hot = [row for row, seq in enumerate(seqs) if seq.params.temperature > 0]
     if hot:
@@ -419,6 +444,16 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         for row, row_probs in zip(hot, probs):
             tokens[row] = draw(row_probs, seqs[row])
     return tokens
+
+
+def constrain(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    """Structured output: forbid, in place, every token the row's grammar does not allow next
+    (llguidance computes the allowed set as a bitmask, one bit per vocabulary entry)."""
+    for row, seq in enumerate(seqs):
+        if seq.matcher is not None:
+            bits = np.frombuffer(seq.matcher.compute_bitmask(), dtype=np.uint8)
+            allowed = np.unpackbits(bits, bitorder="little")[: logits.shape[-1]].astype(bool)
+            logits[row, torch.from_numpy(~allowed)] = float("-inf")
 
 
 def draw(probs: torch.Tensor, seq: Sequence) -> int:
@@ -480,8 +515,41 @@ async def encode(state, work: Callable[[Any], list[int]]) -> list[int]:
     return await loop.run_in_executor(state.tokenizer_thread, work, state.encoder)
 
 
-def start(state, prompt_ids: list[int], params: SamplingParams) -> Sequence:
-    seq = Sequence(prompt_ids, params, loop=asyncio.get_running_loop())
+# --8<-- [start:structured]
+def grammar_for(response_format: ResponseFormat | None) -> str | None:
+    """The llguidance grammar a response_format asks for; None for free text. Whitespace is fixed
+    (no free spaces or newlines between tokens), so a small model cannot pad its way to max_tokens."""
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        schema = {"type": "object"}
+    elif response_format.json_schema is None:
+        raise ApiError(400, "'response_format.json_schema' is required when its type is 'json_schema'.",
+                       param="response_format.json_schema")
+    else:
+        schema = response_format.json_schema.json_schema
+    return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+
+
+async def grammar_matcher(state, response_format: ResponseFormat | None) -> llguidance.LLMatcher | None:
+    """Compile the request's grammar in the tokenizer thread (a large schema takes milliseconds);
+    a schema llguidance cannot compile is the client's error: 400, naming it."""
+    grammar = grammar_for(response_format)
+    if grammar is None:
+        return None
+
+    def compile_grammar() -> llguidance.LLMatcher:
+        if error := llguidance.LLMatcher.validate_grammar(grammar, state.grammar_tokenizer):
+            raise ApiError(400, f"Invalid 'response_format.json_schema.schema': {error}",
+                           param="response_format.json_schema.schema", code="invalid_schema")
+        return llguidance.LLMatcher(state.grammar_tokenizer, grammar)
+
+    return await asyncio.get_running_loop().run_in_executor(state.tokenizer_thread, compile_grammar)
+# --8<-- [end:structured]
+
+
+def start(state, prompt_ids: list[int], params: SamplingParams, matcher=None) -> Sequence:
+    seq = Sequence(prompt_ids, params, loop=asyncio.get_running_loop(), matcher=matcher)
     state.engine.submit(seq)
     PROMPT_TOKENS.inc(len(prompt_ids))
     return seq
@@ -548,7 +616,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     params = sampling_params(len(prompt_ids), state.settings.max_context,
                              body.max_completion_tokens or body.max_tokens, tokens_name,
                              temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop))
-    seq = start(state, prompt_ids, params)
+    seq = start(state, prompt_ids, params, await grammar_matcher(state, body.response_format))
     deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
     reply = ChatReply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), seq,
                       log=answer_logger(request, "/v1/chat/completions", messages, body.user))
@@ -710,22 +778,24 @@ def resolve_model(path: Path) -> tuple[Path, str | None]:
     return Path(spec.origin).parent, GGUF_FILE
 
 
-def load(settings: Settings) -> tuple[Any, Any, Any]:
-    """The model and two tokenizer instances: one encodes (tokenizer thread), one decodes (engine)."""
+def load(settings: Settings) -> tuple[Any, Any, Any, Any]:
+    """The model; two tokenizer instances, one that encodes (tokenizer thread) and one that decodes
+    (engine); and llguidance's view of the vocabulary, for structured output."""
     torch.set_num_threads(settings.threads)
     hf_logging.disable_progress_bar()  # no progress bars in a server's log
     folder, gguf_file = resolve_model(settings.model)
     encoder = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     decoder = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=getattr(torch, settings.dtype))
-    return model.eval(), encoder, decoder
+    grammar_tokenizer = llguidance.hf.from_tokenizer(encoder, n_vocab=model.config.vocab_size)
+    return model.eval(), encoder, decoder, grammar_tokenizer
 
 
 async def load_and_start(app: FastAPI) -> None:
     """Load off the event loop, then start the engine thread; a failure turns /health to 503."""
     state, settings = app.state, app.state.settings
     try:
-        model, state.encoder, decoder = await asyncio.to_thread(load, settings)
+        model, state.encoder, decoder, state.grammar_tokenizer = await asyncio.to_thread(load, settings)
     except Exception as error:  # noqa: BLE001 -- reported by /health and logged with its traceback
         state.health.fail("loading the model failed", error)
         return

@@ -16,6 +16,7 @@ files together. Nothing here knows about models:
 
 import argparse
 import asyncio
+import hashlib
 import hmac
 import logging
 import math
@@ -138,7 +139,7 @@ class Guard:
     def __init__(self, app, api_keys: list[str], rate_limit_per_minute: float | None,
                  max_body_bytes: int):
         self.app, self.max_body_bytes = app, max_body_bytes
-        self.api_keys = [key.encode() for key in api_keys]
+        self.key_hashes = [key_hash(key) for key in api_keys]  # the keys themselves are not kept
         self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute else None
 
     async def __call__(self, scope, receive, send):
@@ -148,7 +149,7 @@ class Guard:
         caller = self.authenticate(headers.get(b"authorization", b""))
         if caller is None:
             response = error_response(401, "Missing or wrong API key (send 'Authorization: Bearer <key>').",
-                                      code="invalid_api_key")
+                                      code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
         if self.limiter and (wait := self.limiter.retry_after(caller or scope["client"][0])):
             response = error_response(429, f"Rate limit reached for this key; retry in {wait} s.",
@@ -162,15 +163,16 @@ class Guard:
         await self.app(scope, self.counting(receive), send)
 
     def authenticate(self, authorization: bytes) -> str | None:
-        """The matching key ("" when the server has none), or None. Every key is compared in
-        constant time, so the answer's timing says nothing about how much of a key was right."""
-        if not self.api_keys:
+        """An id for the matching key ("" when the server has none), or None. Every stored hash is
+        compared in constant time, so the answer's timing says nothing about how close a guess was;
+        the id (the start of the key's hash) can be logged, the key never is."""
+        if not self.key_hashes:
             return ""
         if not authorization.startswith(b"Bearer "):
             return None
-        given = authorization.removeprefix(b"Bearer ")
-        matches = [hmac.compare_digest(given, key) for key in self.api_keys]
-        return self.api_keys[matches.index(True)].decode() if any(matches) else None
+        given = hashlib.sha256(authorization.removeprefix(b"Bearer ")).digest()
+        matches = [hmac.compare_digest(given, stored) for stored in self.key_hashes]
+        return self.key_hashes[matches.index(True)].hex()[:12] if any(matches) else None
 
     def counting(self, receive):
         """Wrap `receive` to stop a body sent without Content-Length once it passes the limit."""
@@ -189,8 +191,16 @@ class Guard:
 # --8<-- [end:guard]
 
 
+def key_hash(key: str) -> bytes:
+    """A key as the server keeps it: its SHA-256. A keys file may hold 'sha256:<hex>' lines, so
+    the file on disk gives nobody a working key."""
+    if key.startswith("sha256:"):
+        return bytes.fromhex(key.removeprefix("sha256:"))
+    return hashlib.sha256(key.encode()).digest()
+
+
 def load_api_keys(keys: list[str] | None, keys_file: Path | None) -> list[str]:
-    """Keys from repeated --api-key flags and from a file of one key per line (# comments)."""
+    """Keys from repeated --api-key flags and from a file of one key (or 'sha256:<hex>') per line."""
     found = list(keys or [])
     if keys_file:
         lines = keys_file.read_text().splitlines()

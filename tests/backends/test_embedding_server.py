@@ -10,6 +10,7 @@ accepted request; /metrics is valid Prometheus text.
 
 import asyncio
 import base64
+import hashlib
 import json
 import signal
 import socket
@@ -30,20 +31,6 @@ from helpers import load_snippet, run_snippet, serve, serve_app, wait_until
 SERVER = "backends/embedding_server.py"
 MODEL = "all-MiniLM-L6-v2"
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def embed_one(minilm):
-    """The reference: the model called directly, one input at a time, no padding."""
-    tokenizer, model = minilm
-
-    @torch.inference_mode()
-    def embed(text: str) -> np.ndarray:
-        batch = tokenizer([text], return_tensors="pt")
-        pooled = model(**batch).last_hidden_state.mean(1)
-        return torch.nn.functional.normalize(pooled, dim=-1)[0].numpy()
-
-    return embed
 
 
 def metric(url: str, name: str, labels: dict | None = None) -> float:
@@ -411,13 +398,15 @@ def guarded_routes(url: str) -> list[tuple[str, str, dict]]:
 
 def test_api_keys_guard_every_route(tmp_path):
     keys_file = tmp_path / "keys.txt"
-    keys_file.write_text("# one key per line\nfrom-file\n")
+    hashed = hashlib.sha256(b"from-file").hexdigest()
+    keys_file.write_text(f"# one key per line, or its hash: the file holds no working key\nsha256:{hashed}\n")
     with serve(SERVER, "--api-key", "s3cret", "--api-key", "second", "--api-keys", str(keys_file)) as srv:
         for method, path, body in guarded_routes(srv.url):
             for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "s3cret"}):
                 denied = requests.request(method, srv.url + path, json=body or None, headers=headers, timeout=10)
                 assert denied.status_code == 401, (method, path, headers)
                 assert denied.json()["error"]["code"] == "invalid_api_key"
+                assert denied.headers["www-authenticate"] == "Bearer"
             for key in ("s3cret", "second", "from-file"):
                 allowed = requests.request(method, srv.url + path, json=body or None,
                                            headers={"Authorization": f"Bearer {key}"}, timeout=30)

@@ -307,6 +307,54 @@ def test_tgi_generate_route(llm_server, smollm2):
     assert bad.status_code == 400 and "best_of" in bad.json()["error"]["message"]
 
 
+def test_structured_output_always_fits_the_schema(llm_server):
+    """Sampled hot, sixteen answers constrained by a JSON schema: each that stops parses and
+    validates, and the grammar lets most close their JSON well within max_tokens."""
+    import jsonschema
+
+    out = run_snippet("backends/structured_output_with_openai.py", "--url", llm_server.url)
+    assert "finish: stop" in out and "valid: ['city', 'country', 'is_capital', 'population_millions']" in out
+    schema = {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 30}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "colour": {"enum": ["red", "green", "blue"]}, "tags": {"type": "array", "items": {"type": "string",
+                                                                                              "maxLength": 12},
+                                                                "maxItems": 3}},
+        "required": ["name", "age", "colour"], "additionalProperties": False}
+
+    async def ask_all():
+        async with AsyncOpenAI(base_url=llm_server.url + "/v1", api_key="x") as client:
+            return await asyncio.gather(*(client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"Invent person number {i}."}],
+                response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+                max_tokens=80, temperature=1.0, seed=i) for i in range(16)))
+
+    replies = asyncio.run(ask_all())
+    stopped = [r.choices[0].message.content for r in replies if r.choices[0].finish_reason == "stop"]
+    assert len(stopped) >= 14
+    for answer in stopped:
+        jsonschema.validate(json.loads(answer), schema)
+    anything = chat(llm_server.url, "Give me a JSON object.", max_tokens=60, response_format={"type": "json_object"})
+    if anything["choices"][0]["finish_reason"] == "stop":
+        assert isinstance(json.loads(anything["choices"][0]["message"]["content"]), dict)
+
+
+STRUCTURED_BAD = [
+    ("bad schema", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}},
+     "Invalid 'response_format.json_schema.schema'"),
+    ("schema missing", {"type": "json_schema"}, "'response_format.json_schema' is required"),
+    ("schema not an object", {"type": "json_schema", "json_schema": {"name": "x", "schema": "{}"}},
+     "Invalid 'response_format.json_schema.schema'"),
+    ("unknown type", {"type": "xml"}, "Invalid 'response_format.type'"),
+]
+
+
+@pytest.mark.parametrize("case, response_format, message", STRUCTURED_BAD, ids=[c[0] for c in STRUCTURED_BAD])
+def test_a_bad_response_format_gets_a_400(llm_server, case, response_format, message):
+    response = requests.post(llm_server.url + "/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": HI, "response_format": response_format})
+    assert response.status_code == 400 and message in response.json()["error"]["message"]
+
+
 # Pieces tested in process: the detokenizer, the sampler, the engine.
 
 

@@ -1,0 +1,150 @@
+"""The embedding service on Ray Serve: the same model, route and error bodies as this guide's
+embedding server, with Ray doing the batching, the replicas and the autoscaling.
+
+    python snippets/scale_out/embeddings_on_ray.py --port 8000              # local, one command
+    serve run snippets/scale_out/ray_config.yaml                           # the same app from a config
+    serve deploy snippets/scale_out/ray_config.yaml --address http://HEAD:8265   # onto a Ray cluster
+
+Locally the script starts Ray itself on 127.0.0.1 with a bounded number of CPUs, no dashboard, no
+usage stats and a temporary folder of its own, and stops everything on SIGTERM or Ctrl-C. On a
+cluster, `serve deploy` imports `app` from this file unchanged.
+"""
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+IMPORTED_FROM = [Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "backends"]
+sys.path[:0] = [str(folder) for folder in IMPORTED_FROM]  # this file, and the embedding server's pieces
+from embedding_server import (  # noqa: E402
+    EMBEDDING_DIM,
+    MAX_TOKENS,
+    MODEL_DIR,
+    MODEL_NAME,
+    EmbeddingRequest,
+    load_model,
+    make_embed,
+)
+from server_kit import ApiError, install_error_handlers  # noqa: E402
+
+api = FastAPI(title="Embeddings on Ray Serve")
+install_error_handlers(api)  # the same OpenAI-style error bodies as the single-process server
+
+
+# --8<-- [start:deployment]
+@serve.deployment(
+    # Ray Serve scales replicas between these bounds to keep about 16 requests in flight on each.
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16,
+                        "upscale_delay_s": 5, "downscale_delay_s": 60},
+    max_ongoing_requests=64,  # requests one replica takes at once; the rest wait at the proxy
+    max_queued_requests=256,  # beyond this Ray's proxy itself answers 503 (a plain-text body)
+    ray_actor_options={"num_cpus": 1},
+    health_check_period_s=5,
+)
+@serve.ingress(api)
+class Embedder:
+    """One replica: the tokenizer and the model, with Ray's batcher in front of the forward pass."""
+
+    def __init__(self, threads: int = 1, max_in_flight: int = 48):
+        self.tokenizer, model = load_model(Path(MODEL_DIR), threads)
+        self.embed = make_embed(model)
+        self.max_in_flight, self.in_flight = max_in_flight, 0
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def embed_batch(self, token_ids: list[list[int]]) -> list[np.ndarray]:
+        """Ray calls this with the inputs that arrived together, one per call of `embed_one`."""
+        return list(await asyncio.to_thread(self.embed, token_ids))
+
+    async def embed_one(self, token_ids: list[int]) -> np.ndarray:
+        return await self.embed_batch(token_ids)
+
+    @api.post("/v1/embeddings")
+    async def embeddings(self, body: EmbeddingRequest, request: Request):
+        if body.model != MODEL_NAME:
+            raise ApiError(404, f"Model '{body.model}' does not exist; this server has '{MODEL_NAME}'.",
+                           param="model", code="model_not_found")
+        if self.in_flight >= self.max_in_flight:  # refuse here, so the 503 keeps the OpenAI-style body
+            raise ApiError(503, "Server is overloaded: too many requests in flight. Retry later.",
+                           code="queue_full", headers={"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            token_ids = self.tokenizer(body.input)["input_ids"]
+            for i, ids in enumerate(token_ids):
+                if len(ids) > MAX_TOKENS:
+                    raise ApiError(400, f"'input[{i}]' has {len(ids)} tokens; the limit is {MAX_TOKENS}.",
+                                   param="input", code="context_length_exceeded")
+            vectors = await asyncio.gather(*(self.embed_one(ids) for ids in token_ids))
+        finally:
+            self.in_flight -= 1
+        replica = serve.get_replica_context().replica_id.unique_id
+        n_tokens = sum(len(ids) for ids in token_ids)
+        return JSONResponse({"object": "list", "model": MODEL_NAME,
+                             "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                                      for i, v in enumerate(vectors)],
+                             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}},
+                            headers={"X-Replica": replica})
+
+    @api.get("/health")
+    def health(self):
+        return {"status": "ready", "model": MODEL_NAME, "dimensions": EMBEDDING_DIM}
+
+    def check_health(self):
+        """Ray calls this every health_check_period_s; raising marks the replica unhealthy."""
+        self.embed([[101, 102]])  # [CLS] [SEP]: the model still answers
+
+
+app = Embedder.bind()  # what `serve run` and `serve deploy` import
+# --8<-- [end:deployment]
+
+
+def start_ray(cpus: int) -> None:
+    """Ray on loopback only, with a bounded CPU count, no dashboard and no usage statistics."""
+    import ray
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["PYTHONPATH"] = os.pathsep.join(str(folder) for folder in IMPORTED_FROM)  # replicas import these
+    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             _temp_dir=tempfile.mkdtemp(prefix="ray-"), log_to_driver=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="bind address of Ray's HTTP proxy")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use on this machine")
+    parser.add_argument("--replicas", type=int, help="a fixed number of replicas instead of autoscaling")
+    parser.add_argument("--max-in-flight", type=int, default=48, help="requests per replica before 503")
+    args = parser.parse_args()
+    if args.port < 1 or args.cpus < 1 or (args.replicas is not None and args.replicas < 1) or args.max_in_flight < 1:
+        parser.error("--port, --cpus, --replicas and --max-in-flight must be >= 1")
+    import ray
+
+    start_ray(args.cpus)
+    stop = asyncio.Event()
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        options = {"num_replicas": args.replicas, "autoscaling_config": None} if args.replicas else {}
+        serve.run(Embedder.options(**options).bind(max_in_flight=args.max_in_flight), name="embeddings",
+                  route_prefix="/")
+        print(f"ready on http://127.0.0.1:{args.port}", flush=True)
+        loop = asyncio.new_event_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.run_until_complete(stop.wait())
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ GET /health, GET /metrics, GET /docs. Shared pieces (errors, keys, limits) live 
 import argparse
 import asyncio
 import contextlib
+import copy
 import importlib.util
 import json
 import queue
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -80,6 +82,9 @@ TPOT = Histogram("llm_time_per_output_token_seconds", "Mean time between output 
                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=registry)
 RUNNING = Gauge("llm_running_sequences", "Sequences in the decode batch", registry=registry)
 WAITING = Gauge("llm_waiting_sequences", "Sequences waiting for a place in the batch", registry=registry)
+PREFIX_HITS = Counter("llm_prefix_cache_hits", "Prefills that reused a cached shared prefix", registry=registry)
+PREFIX_TOKENS = Counter("llm_prefix_cache_tokens", "Prompt tokens whose prefill a cached prefix saved",
+                        registry=registry)
 
 
 # --8<-- [start:bodies]
@@ -249,6 +254,7 @@ class Sequence:
     generator: torch.Generator | None = field(default=None, repr=False)
     detokenizer: Detokenizer | None = field(default=None, repr=False)
     matcher: llguidance.LLMatcher | None = field(default=None, repr=False)  # structured output only
+    shared_prefix: int = 0  # leading prompt tokens other requests may share (the system prompt)
 
     def emit(self, event: str | Exception | None) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is listening
@@ -257,6 +263,38 @@ class Sequence:
     @property
     def done(self) -> bool:
         return self.cancelled or self.finish_reason is not None
+
+
+# --8<-- [start:prefix]
+class PrefixCache:
+    """The KV caches of recent shared prefixes (system prompts), least recently used dropped first.
+
+    The keys and values of a prefix depend only on its tokens, so a request that starts with the
+    same system prompt can start from a copy of them and prefill only what follows. What GPU
+    engines do for any prefix in blocks (vLLM's automatic prefix caching, SGLang's radix tree),
+    this does for the one prefix most chat traffic shares.
+    """
+
+    def __init__(self, size: int):
+        self.size, self.entries = size, OrderedDict()
+
+    def get(self, prefix: list[int]) -> DynamicCache | None:
+        """A private copy of the cached prefix's KV (the copy grows; the cached one must not)."""
+        if not prefix or (found := self.entries.get(tuple(prefix))) is None:
+            return None
+        self.entries.move_to_end(tuple(prefix))
+        return copy.deepcopy(found)
+
+    def put(self, prefix: list[int], cache: DynamicCache) -> None:
+        if self.size < 1:
+            return
+        snapshot = copy.deepcopy(cache)
+        for layer in snapshot.layers:  # keep only the prefix's positions
+            layer.keys, layer.values = layer.keys[:, :, : len(prefix)].clone(), layer.values[:, :, : len(prefix)].clone()
+        self.entries[tuple(prefix)] = snapshot
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+# --8<-- [end:prefix]
 
 
 # --8<-- [start:engine]
@@ -269,8 +307,9 @@ class Engine:
     """
 
     def __init__(self, model, tokenizer, eos_ids: set[int], max_running: int, max_waiting: int,
-                 on_fatal: Callable[[BaseException], None]):
+                 on_fatal: Callable[[BaseException], None], prefix_cache_size: int = 8):
         self.model, self.tokenizer, self.eos_ids = model, tokenizer, eos_ids  # tokenizer: decoding only
+        self.prefixes = PrefixCache(prefix_cache_size)
         self.max_running, self.max_waiting, self.on_fatal = max_running, max_waiting, on_fatal
         self.inbox: queue.Queue[Sequence] = queue.Queue()
         self.running: list[Sequence] = []  # row i of the cache belongs to running[i]
@@ -325,10 +364,19 @@ class Engine:
             self.leave([len(self.running) - 1] if seq.done else [])
 
     def prefill(self, seq: Sequence) -> tuple[DynamicCache, torch.Tensor]:
-        """Run the whole prompt once; keep its KV cache and the next-token logits."""
-        ids = torch.tensor([seq.prompt_ids])
-        cache = DynamicCache(config=self.model.config)
+        """Run the prompt once; keep its KV cache and the next-token logits. A shared prefix (the
+        system prompt) seen before is not recomputed: its cached keys and values are copied and
+        only the rest of the prompt runs."""
+        cached = self.prefixes.get(seq.prompt_ids[: seq.shared_prefix])
+        cache = cached or DynamicCache(config=self.model.config)
+        start = seq.shared_prefix if cached else 0
+        ids = torch.tensor([seq.prompt_ids[start:]])
         logits = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits
+        if cached:
+            PREFIX_HITS.inc()
+            PREFIX_TOKENS.inc(start)
+        elif seq.shared_prefix:
+            self.prefixes.put(seq.prompt_ids[: seq.shared_prefix], cache)
         seq.detokenizer = Detokenizer(self.tokenizer, seq.params.stop)
         return cache, logits[0, -1]
 
@@ -508,7 +556,19 @@ def sampling_params(prompt_length: int, max_context: int, max_tokens: int | None
     return SamplingParams(max_tokens=max_tokens or room, **settings)
 
 
-async def encode(state, work: Callable[[Any], list[int]]) -> list[int]:
+def chat_prompt(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
+    """The prompt's token ids, and how many of them are the system prompt: the part other
+    requests share, worth caching. 0 when there is no system message (or its tokens are not a
+    prefix of the whole prompt's, which some templates do)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        return_dict=True)["input_ids"]
+    if messages[0]["role"] != "system" or len(messages) < 2:
+        return ids, 0
+    system = tokenizer.apply_chat_template(messages[:1], tokenize=True, return_dict=True)["input_ids"]
+    return ids, len(system) if ids[: len(system)] == system else 0
+
+
+async def encode(state, work: Callable[[Any], Any]) -> Any:
     """Run `work(tokenizer)` in the one tokenizer thread: chat templates and 1 MB prompts never
     stall the event loop, and the encoding tokenizer is never used from two threads."""
     loop = asyncio.get_running_loop()
@@ -610,13 +670,13 @@ async def chat_completions(body: ChatRequest, request: Request):
     reject_not_implemented(body)
     state.health.require_ready()
     messages = [message.model_dump(exclude_none=True) for message in body.messages]
-    prompt_ids = await encode(state, lambda tokenizer: tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    prompt_ids, shared_prefix = await encode(state, lambda tokenizer: chat_prompt(tokenizer, messages))
     tokens_name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     params = sampling_params(len(prompt_ids), state.settings.max_context,
                              body.max_completion_tokens or body.max_tokens, tokens_name,
                              temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop))
     seq = start(state, prompt_ids, params, await grammar_matcher(state, body.response_format))
+    seq.shared_prefix = shared_prefix
     deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
     reply = ChatReply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), seq,
                       log=answer_logger(request, "/v1/chat/completions", messages, body.user))
@@ -764,6 +824,7 @@ class Settings:
     log_db: Path | None = None
     log_sync: str = "NORMAL"
     model_version: str = "smollm2-135m-instruct"
+    prefix_cache: int = 8
 
 
 def resolve_model(path: Path) -> tuple[Path, str | None]:
@@ -802,7 +863,8 @@ async def load_and_start(app: FastAPI) -> None:
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     state.engine = Engine(model, decoder, eos_ids, settings.max_running, settings.max_waiting,
-                          on_fatal=lambda error: state.health.fail("the engine stopped", error))
+                          on_fatal=lambda error: state.health.fail("the engine stopped", error),
+                          prefix_cache_size=settings.prefix_cache)
     threading.Thread(target=state.engine.run_forever, name="engine", daemon=True).start()
     state.health.phase = "ready"
 
@@ -844,16 +906,19 @@ def main() -> None:
     parser.add_argument("--request-timeout", type=float, default=600, help="seconds before a request fails (504)")
     parser.add_argument("--drain-seconds", type=float, default=30, help="how long SIGTERM waits for streams")
     parser.add_argument("--model-version", help="the version the request log records (default: folder and dtype)")
+    parser.add_argument("--prefix-cache", type=int, default=8, help="system prompts whose KV cache is kept (0: off)")
     args = parser.parse_args()
     api_keys = check_server_arguments(parser, args)
-    if min(args.threads, args.max_running, args.max_waiting, args.max_context) < 1 or args.request_timeout <= 0:
+    if min(args.threads, args.max_running, args.max_waiting, args.max_context) < 1 or args.request_timeout <= 0 \
+            or args.prefix_cache < 0:
         parser.error("--threads, --max-running, --max-waiting and --max-context must be >= 1, "
-                     "--request-timeout > 0")
+                     "--request-timeout > 0, --prefix-cache >= 0")
     if args.model != DEFAULT_MODEL and not args.model.exists():
         parser.error(f"--model: no such file or folder: {args.model}")
     settings = Settings(args.model, args.dtype, args.threads, args.max_running, args.max_waiting,
                         args.max_context, args.request_timeout, api_keys, args.rate_limit, args.cors_origin,
-                        args.log_db, args.log_sync, args.model_version or f"{args.model.name}-{args.dtype}")
+                        args.log_db, args.log_sync, args.model_version or f"{args.model.name}-{args.dtype}",
+                        args.prefix_cache)
     configure_logging()
     # The engine thread holds the GIL between torch ops; a short switch interval lets the event loop
     # take it back within a millisecond to send a token, instead of the default 5 ms.

@@ -355,6 +355,26 @@ def test_a_bad_response_format_gets_a_400(llm_server, case, response_format, mes
     assert response.status_code == 400 and message in response.json()["error"]["message"]
 
 
+def test_a_cached_system_prompt_gives_the_same_answers(llm_server, smollm2):
+    """The second request with the same system prompt reuses its cached KV (the hit counter says
+    so) and answers exactly as transformers' generate does on the whole prompt."""
+    tokenizer, model = smollm2
+    system = {"role": "system", "content": "You are a terse assistant for a bicycle shop. " * 6}
+    hits = metric(llm_server.url, "llm_prefix_cache_hits_total")
+    for question in ("Do you sell helmets?", "Can you fix a puncture?"):
+        messages = [system, {"role": "user", "content": question}]
+        body = {"model": MODEL, "messages": messages, "max_tokens": 20, "temperature": 0}
+        reply = requests.post(llm_server.url + "/v1/chat/completions", json=body, timeout=60).json()
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=20, do_sample=False)
+        expected = tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert reply["choices"][0]["message"]["content"] == expected
+    assert metric(llm_server.url, "llm_prefix_cache_hits_total") >= hits + 1
+    assert metric(llm_server.url, "llm_prefix_cache_tokens_total") > 50
+
+
 # Pieces tested in process: the detokenizer, the sampler, the engine.
 
 

@@ -9,6 +9,7 @@ export NO_MKDOCS_2_WARNING := 1
 SYSTEM := /usr/bin/chromium /usr/bin/promtool
 MERMAID := docs/assets/javascripts/mermaid.min.js
 MERMAID_VERSION := 11.17.2
+LLAMA_CPP_VERSION := 0.3.36
 
 .PHONY: install docs build test lint screenshots bench linkcheck clean
 
@@ -66,6 +67,8 @@ bench: install
 	$(PY) benchmarks/request_log_cost.py
 	$(PY) benchmarks/model_formats.py
 	$(PY) benchmarks/gui_apps.py
+	$(PY) -m pip install -q llama-cpp-python[server]==$(LLAMA_CPP_VERSION)  # no wheel: builds from source (minutes)
+	$(PY) benchmarks/peers.py
 	rm -rf .cache/flywheel-run && $(PY) snippets/data_flywheel/flywheel_loop.py --out .cache/flywheel-run --publish
 
 clean:

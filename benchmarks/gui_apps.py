@@ -39,12 +39,17 @@ def code_lines(path: Path) -> int:
         return sum(1 for line in lines if line and not line.startswith("//"))
     documentation = set()
     for node in ast.walk(ast.parse(text)):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
-                and ast.get_docstring(node) is not None:
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and ast.get_docstring(node) is not None
+        ):
             first = node.body[0]
             documentation.update(range(first.lineno, first.end_lineno + 1))
-    return sum(1 for number, line in enumerate(text.splitlines(), start=1)
-               if line.strip() and not line.strip().startswith("#") and number not in documentation)
+    return sum(
+        1
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.strip().startswith("#") and number not in documentation
+    )
 
 
 def free_port() -> int:
@@ -54,18 +59,35 @@ def free_port() -> int:
 
 
 def streamlit_command(port: int) -> tuple[list[str], dict, str]:
-    return ([sys.executable, "-m", "streamlit", "run", str(GUI / "chat_streamlit.py"),
-             "--server.headless=true", f"--server.port={port}", "--browser.gatherUsageStats=false"],
-            {}, "/_stcore/health")
+    return (
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(GUI / "chat_streamlit.py"),
+            "--server.headless=true",
+            f"--server.port={port}",
+            "--browser.gatherUsageStats=false",
+        ],
+        {},
+        "/_stcore/health",
+    )
 
 
 def gradio_command(port: int) -> tuple[list[str], dict, str]:
-    return ([sys.executable, str(GUI / "chat_gradio.py")],
-            {"GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}, "/")
+    return (
+        [sys.executable, str(GUI / "chat_gradio.py")],
+        {"GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"},
+        "/",
+    )
 
 
-FILES = {"Streamlit": "chat_streamlit.py", "Gradio": "chat_gradio.py",
-         "HTML and JavaScript": "chat.html"}
+FILES = {
+    "Streamlit": "chat_streamlit.py",
+    "Gradio": "chat_gradio.py",
+    "HTML and JavaScript": "chat.html",
+}
 APPS = {  # name: (command, the chat box a person types into)
     "Streamlit": (streamlit_command, "[data-testid=stChatInputTextArea]"),
     "Gradio": (gradio_command, "textarea[placeholder='Type a message...']"),
@@ -81,8 +103,14 @@ def start_once(browser, command, chat_box: str) -> tuple[float, float]:
     # A model server that is not there: the apps must start without one.
     env = {**os.environ, "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1", **env}
     started = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         while True:
             with contextlib.suppress(requests.RequestException):
@@ -113,32 +141,46 @@ def main() -> None:
                 timings[name].append(start_once(browser, command, chat_box))
         browser.close()
     result = {
-        "date": str(datetime.date.today()), "cpu_cores": os.cpu_count(),
-        "machine": platform.machine(), "load_average_before": round(load_before, 2), "runs": RUNS,
-        "apps": {name: {"file": f"snippets/gui/{file}", "lines_of_code": code_lines(GUI / file),
-                        "http_ready_s": [round(h, 2) for h, _ in timings.get(name, [])],
-                        "chat_usable_s": [round(u, 2) for _, u in timings.get(name, [])]}
-                 for name, file in FILES.items()},
+        "date": str(datetime.date.today()),
+        "cpu_cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_average_before": round(load_before, 2),
+        "runs": RUNS,
+        "apps": {
+            name: {
+                "file": f"snippets/gui/{file}",
+                "lines_of_code": code_lines(GUI / file),
+                "http_ready_s": [round(h, 2) for h, _ in timings.get(name, [])],
+                "chat_usable_s": [round(u, 2) for _, u in timings.get(name, [])],
+            }
+            for name, file in FILES.items()
+        },
     }
     publish("gui_apps", result, table(result), REPO / "benchmarks" / "results")
 
 
 def table(result: dict) -> str:
-    rows = ["| app | lines of code | server answers | chat box usable in Chromium |",
-            "|---|---:|---:|---:|"]
+    rows = [
+        "| app | lines of code | server answers | chat box usable in Chromium |",
+        "|---|---:|---:|---:|",
+    ]
     for name, app in result["apps"].items():
         if app["http_ready_s"]:
-            timing = (f"{statistics.median(app['http_ready_s']):.1f} s",
-                      f"{statistics.median(app['chat_usable_s']):.1f} s")
+            timing = (
+                f"{statistics.median(app['http_ready_s']):.1f} s",
+                f"{statistics.median(app['chat_usable_s']):.1f} s",
+            )
         else:
             timing = ("no server", "as soon as the page loads")
-        rows.append(f"| {name} (`{app['file']}`) | {app['lines_of_code']} | "
-                    f"{timing[0]} | {timing[1]} |")
+        rows.append(
+            f"| {name} (`{app['file']}`) | {app['lines_of_code']} | {timing[0]} | {timing[1]} |"
+        )
     return "\n".join(rows) + (
         f"\n\nTimes are medians of {result['runs']} starts each, on {result['cpu_cores']} CPU "
         f"cores ({result['machine']}), {result['date']}; load average "
         f"{result['load_average_before']} before the runs. Lines of code leave out blank lines, "
-        "comments and docstrings.\n")
+        "comments and docstrings.\n"
+    )
 
 
 if __name__ == "__main__":

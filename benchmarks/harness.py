@@ -30,8 +30,13 @@ def free_port() -> int:
 def machine() -> dict:
     import torch
 
-    return {"cpu_cores": len(os.sched_getaffinity(0)), "machine": platform.machine(),
-            "processor": cpu_model(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    return {
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "machine": platform.machine(),
+        "processor": cpu_model(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def cpu_model() -> str:
@@ -45,11 +50,19 @@ def cpu_model() -> str:
 class Server:
     """A server process started for a benchmark: ready when `ready_path` answers 200."""
 
-    def __init__(self, command: list[str], port: int, ready_path: str = "/health", timeout: float = 300):
+    def __init__(
+        self, command: list[str], port: int, ready_path: str = "/health", timeout: float = 300
+    ):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         started = time.perf_counter()
-        self.proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        self.proc = subprocess.Popen(
+            command,
+            cwd=REPO,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -63,9 +76,10 @@ class Server:
         raise RuntimeError(f"{command[:3]} not ready after {timeout} s")
 
     def peak_memory_mb(self) -> float:
-        """Peak resident memory of the server's process group (VmHWM, summed over its processes)."""
+        """Peak resident memory of the server and every process it started (VmHWM, summed): Ray
+        and LitServe run their workers as child processes."""
         total = 0
-        for pid in group_pids(self.proc.pid):
+        for pid in descendants(self.proc.pid):
             with contextlib.suppress(OSError):
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
@@ -73,9 +87,15 @@ class Server:
         return round(total / 1024, 1)
 
     def stop(self) -> None:
-        """The whole process group goes: some servers start workers of their own."""
+        """SIGTERM first (Ray and LitServe then stop their own workers), SIGKILL for what is left."""
+        family = descendants(self.proc.pid)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=60)
 
     def __enter__(self):
@@ -85,20 +105,51 @@ class Server:
         self.stop()
 
 
-def group_pids(pgid: int) -> list[int]:
-    pids = []
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it in the process tree."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
-                pids.append(int(entry.name))
-    return pids
+            if entry.name.isdigit():
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
 
 
-def load(url: str, path: str, workload: Path, *, concurrency: int | None = None, rate: float | None = None,
-         max_requests: int = 1000, max_seconds: float = 15, warmup: int = 1, api_key: str | None = None) -> dict:
+def load(
+    url: str,
+    path: str,
+    workload: Path,
+    *,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    max_requests: int = 1000,
+    max_seconds: float = 15,
+    warmup: int = 1,
+    api_key: str | None = None,
+) -> dict:
     """One level of load from the load generator, in its own process; its JSON summary."""
-    command = [sys.executable, str(LOADGEN), "--url", url, "--path", path, "--workload", str(workload),
-               "--max-requests", str(max_requests), "--max-seconds", str(max_seconds), "--warmup", str(warmup)]
+    command = [
+        sys.executable,
+        str(LOADGEN),
+        "--url",
+        url,
+        "--path",
+        path,
+        "--workload",
+        str(workload),
+        "--max-requests",
+        str(max_requests),
+        "--max-seconds",
+        str(max_seconds),
+        "--warmup",
+        str(warmup),
+    ]
     command += ["--concurrency", str(concurrency)] if concurrency else ["--rate", str(rate)]
     if api_key:
         command += ["--api-key", api_key]

@@ -28,7 +28,9 @@ import uvloop
 class Connection:
     """One keep-alive HTTP/1.1 connection that sends a JSON POST and reads the whole answer."""
 
-    IDLE_LIMIT_S = 4  # servers close idle keep-alive connections (uvicorn after 5 s): reconnect first
+    IDLE_LIMIT_S = (
+        4  # servers close idle keep-alive connections (uvicorn after 5 s): reconnect first
+    )
 
     def __init__(self, host: str, port: int, path: str, headers: bytes):
         self.host, self.port, self.path, self.headers = host, port, path, headers
@@ -50,8 +52,10 @@ class Connection:
             self.close()
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%s"
-                          b"Content-Length: %d\r\n\r\n%s" % (self.path.encode(), self.headers, len(body), body))
+        self.writer.write(
+            b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%s"
+            b"Content-Length: %d\r\n\r\n%s" % (self.path.encode(), self.headers, len(body), body)
+        )
         status = int((await self.reader.readline()).split()[1])
         headers = {}
         while (line := await self.reader.readline()) != b"\r\n":
@@ -86,7 +90,11 @@ class Connection:
         done = time.perf_counter()
         first = first or done
         tokens = tokens or chunks  # a server that does not report usage: one token per chunk
-        return {"ttft": first - started, "tokens": tokens, "tpot": (done - first) / max(tokens - 1, 1)}
+        return {
+            "ttft": first - started,
+            "tokens": tokens,
+            "tpot": (done - first) / max(tokens - 1, 1),
+        }
 
     def close(self) -> None:
         if self.writer is not None:
@@ -94,8 +102,9 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def closed_loop(connect, bodies: list[bytes], concurrency: int, max_requests: int,
-                      max_seconds: float) -> tuple[list[dict], float]:
+async def closed_loop(
+    connect, bodies: list[bytes], concurrency: int, max_requests: int, max_seconds: float
+) -> tuple[list[dict], float]:
     """Each worker takes the next body in workload order (a fast worker takes more of them, as a
     real client would), until max_requests are sent or max_seconds have passed."""
     sent = 0
@@ -117,8 +126,9 @@ async def closed_loop(connect, bodies: list[bytes], concurrency: int, max_reques
     return records, time.perf_counter() - started
 
 
-async def open_loop(connect, bodies: list[bytes], rate: float, max_requests: int, max_seconds: float,
-                    seed: int) -> tuple[list[dict], float]:
+async def open_loop(
+    connect, bodies: list[bytes], rate: float, max_requests: int, max_seconds: float, seed: int
+) -> tuple[list[dict], float]:
     gaps = np.random.default_rng(seed).exponential(1 / rate, max_requests)
     idle: list[Connection] = []
     records: list[dict] = []
@@ -151,11 +161,19 @@ def summarise(records: list[dict], elapsed: float) -> dict:
         if not values:
             return {}
         p50, p95, p99 = np.percentile(values, [50, 95, 99]) * scale
-        return {f"{key}_p50": round(float(p50), 2), f"{key}_p95": round(float(p95), 2),
-                f"{key}_p99": round(float(p99), 2)}
+        return {
+            f"{key}_p50": round(float(p50), 2),
+            f"{key}_p95": round(float(p95), 2),
+            f"{key}_p99": round(float(p99), 2),
+        }
 
-    summary = {"requests": len(records), "errors": len(records) - len(ok), "seconds": round(elapsed, 2),
-               "requests_per_s": round(len(ok) / elapsed, 2), **pct("latency")}
+    summary = {
+        "requests": len(records),
+        "errors": len(records) - len(ok),
+        "seconds": round(elapsed, 2),
+        "requests_per_s": round(len(ok) / elapsed, 2),
+        **pct("latency"),
+    }
     if ok and "tokens" in ok[0]:
         summary["output_tokens"] = sum(r["tokens"] for r in ok)
         summary["output_tokens_per_s"] = round(summary["output_tokens"] / elapsed, 1)
@@ -168,13 +186,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="http://host:port")
     parser.add_argument("--path", required=True, help="the route to POST to, e.g. /v1/embeddings")
-    parser.add_argument("--workload", type=Path, required=True, help="a JSON list of request bodies")
+    parser.add_argument(
+        "--workload", type=Path, required=True, help="a JSON list of request bodies"
+    )
     load = parser.add_mutually_exclusive_group(required=True)
     load.add_argument("--concurrency", type=int, help="closed loop: this many workers")
     load.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
     parser.add_argument("--max-requests", type=int, default=1000)
     parser.add_argument("--max-seconds", type=float, default=15)
-    parser.add_argument("--warmup", type=int, default=0, help="requests per worker before measuring")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="requests per worker before measuring"
+    )
     parser.add_argument("--api-key")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -192,11 +214,13 @@ def main() -> None:
         if args.warmup:  # connections, allocator and caches warm, nothing recorded
             await closed_loop(connect, bodies, workers, args.warmup * workers, 60)
         if args.concurrency:
-            records, elapsed = await closed_loop(connect, bodies, args.concurrency, args.max_requests,
-                                                 args.max_seconds)
+            records, elapsed = await closed_loop(
+                connect, bodies, args.concurrency, args.max_requests, args.max_seconds
+            )
         else:
-            records, elapsed = await open_loop(connect, bodies, args.rate, args.max_requests,
-                                               args.max_seconds, args.seed)
+            records, elapsed = await open_loop(
+                connect, bodies, args.rate, args.max_requests, args.max_seconds, args.seed
+            )
         return summarise(records, elapsed)
 
     try:

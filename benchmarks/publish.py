@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 
 
-def publish(name: str, result: dict, table: str, out_dir: Path, plot=None, plot_path: Path | None = None) -> None:
+def publish(
+    name: str, result: dict, table: str, out_dir: Path, plot=None, plot_path: Path | None = None
+) -> None:
     """results/<name>.json holds the figures; results/<name>.md is the table the page includes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

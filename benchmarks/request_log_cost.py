@@ -23,12 +23,19 @@ FIGURES = ["requests_per_s", "latency_p50", "latency_p95", "latency_p99"]
 def markdown_table(result: dict) -> str:
     lines = ["| server | requests/s | p50 ms | p95 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
     for name, row in result["summary"].items():
-        lines.append(f"| {name} | {spread(row, 'requests_per_s')} | {row['latency_p50']:g} | {row['latency_p95']:g} | "
-                     f"{row['latency_p99']:g} |")
-    lines += ["", f"Medians of {result['repeats']} alternating runs at {result['concurrency']} clients, "
-                  f"{result['seconds']} s each; with the log, throughput is {result['ratio']:.1%} of without "
-                  f"(target: within 5 %, {'met' if result['met'] else 'NOT met'}). {result['cpu_cores']} cores, "
-                  f"{result['date']}."]
+        lines.append(
+            f"| {name} | {spread(row, 'requests_per_s')} | {row['latency_p50']:g} | {row['latency_p95']:g} | "
+            f"{row['latency_p99']:g} |"
+        )
+    lines += [
+        "",
+        (
+            f"Medians of {result['repeats']} alternating runs at {result['concurrency']} clients, "
+            f"{result['seconds']} s each; with the log, throughput is {result['ratio']:.1%} of without "
+            f"(target: within 5 %, {'met' if result['met'] else 'NOT met'}). {result['cpu_cores']} cores, "
+            f"{result['date']}."
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -44,18 +51,37 @@ def main() -> None:
     workload = workloads.write(workloads.embedding_bodies(texts), work / "embeddings.json")
     runs = {"without the log": [], "with --log-db": []}
     for repeat in range(repeats):
-        for name in runs:
+        for name, rows in runs.items():
             port = free_port()
             command = [sys.executable, str(SERVER), "--port", str(port)]
             if name == "with --log-db":
                 command += ["--log-db", str(work / f"log-{repeat}.db")]
             with Server(command, port) as server:
-                runs[name].append(load(server.url, "/v1/embeddings", workload, concurrency=32,
-                                       max_requests=int(seconds * 400), max_seconds=seconds))
+                rows.append(
+                    load(
+                        server.url,
+                        "/v1/embeddings",
+                        workload,
+                        concurrency=32,
+                        max_requests=int(seconds * 400),
+                        max_seconds=seconds,
+                    )
+                )
     summary = {name: median_of(rows, FIGURES) for name, rows in runs.items()}
-    ratio = summary["with --log-db"]["requests_per_s"] / summary["without the log"]["requests_per_s"]
-    result = {"quick": args.quick, "repeats": repeats, "concurrency": 32, "seconds": seconds, **machine(),
-              "runs": runs, "summary": summary, "ratio": round(ratio, 4), "met": bool(ratio >= 0.95)}
+    ratio = (
+        summary["with --log-db"]["requests_per_s"] / summary["without the log"]["requests_per_s"]
+    )
+    result = {
+        "quick": args.quick,
+        "repeats": repeats,
+        "concurrency": 32,
+        "seconds": seconds,
+        **machine(),
+        "runs": runs,
+        "summary": summary,
+        "ratio": round(ratio, 4),
+        "met": bool(ratio >= 0.95),
+    }
     publish("request_log_cost", result, markdown_table(result), args.out_dir)
 
 

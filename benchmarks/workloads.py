@@ -17,8 +17,12 @@ EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 CHAT_MODEL = "SmolLM2-135M-Instruct"
 OUTPUT_LENGTHS = [16, 256, 32, 128, 64, 256, 16, 128]
 TOPICS = ["rivers", "servers", "bread", "the moon", "chess", "trains", "music", "glaciers"]
-SAMPLING = [{"temperature": 0}, {"temperature": 0.7, "top_p": 0.9}, {"temperature": 1.0, "top_p": 0.95},
-            {"temperature": 0.3}]
+SAMPLING = [
+    {"temperature": 0},
+    {"temperature": 0.7, "top_p": 0.9},
+    {"temperature": 1.0, "top_p": 0.95},
+    {"temperature": 0.3},
+]
 
 
 def whole_words(tokenizer) -> list[str]:
@@ -33,16 +37,30 @@ def embedding_texts(words: list[str], n: int, seed: int = 0) -> list[str]:
 
 def embedding_bodies(texts: list[str]) -> list[dict]:
     """One text per request, base64 vectors back (what the openai client asks for)."""
-    return [{"model": EMBEDDING_MODEL, "input": text, "encoding_format": "base64"} for text in texts]
+    return [
+        {"model": EMBEDDING_MODEL, "input": text, "encoding_format": "base64"} for text in texts
+    ]
 
 
 def chat_bodies(n: int, longest: int = 256, model: str = CHAT_MODEL) -> list[dict]:
     """Streaming chat requests with usage reported, each with its own sampling settings."""
-    return [{"model": model, "messages": [{"role": "user", "content": f"Write a detailed essay about "
-                                                                      f"{TOPICS[i % len(TOPICS)]}."}],
-             "max_tokens": min(OUTPUT_LENGTHS[i % len(OUTPUT_LENGTHS)], longest), "seed": i,
-             **SAMPLING[i % len(SAMPLING)], "stream": True, "stream_options": {"include_usage": True}}
-            for i in range(n)]
+    return [
+        {
+            "model": model,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": f"Write a detailed essay about {TOPICS[i % len(TOPICS)]}.",
+                }
+            ],
+            "max_tokens": min(OUTPUT_LENGTHS[i % len(OUTPUT_LENGTHS)], longest),
+            "seed": i,
+            **SAMPLING[i % len(SAMPLING)],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        for i in range(n)
+    ]
 
 
 def write(bodies: list[dict], path: Path) -> Path:

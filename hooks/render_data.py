@@ -18,9 +18,13 @@ sys.path.insert(0, str(REPO / "snippets" / "planning"))
 import plan as planner
 
 MARKER = re.compile(r"^<!-- render: (\w+)(?: ([\w.-]+))? -->$", re.MULTILINE)
-STATUS_BADGE = {"active": "active", "maintenance mode": "**maintenance mode**",
-                "limited maintenance": "**limited maintenance**", "archived": "**archived**",
-                "quiet": "quiet"}
+STATUS_BADGE = {
+    "active": "active",
+    "maintenance mode": "**maintenance mode**",
+    "limited maintenance": "**limited maintenance**",
+    "archived": "**archived**",
+    "quiet": "quiet",
+}
 
 
 def load(name: str) -> dict:
@@ -29,11 +33,16 @@ def load(name: str) -> dict:
 
 def backends_table() -> str:
     data = load("backends")
-    rows = ["| project | for | API | batching | hardware | licence | status |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| project | for | API | batching | hardware | licence | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for b in data["backends"]:
         status = STATUS_BADGE.get(b["status"], b["status"])
-        rows.append(f"| [{b['name']}]({b['link']}) | {b['for']} | {', '.join(b['api'])} | {b['batching']} | "
-                    f"{b['hardware']} | {b['licence']} | {status} |")
+        rows.append(
+            f"| [{b['name']}]({b['link']}) | {b['for']} | {', '.join(b['api'])} | {b['batching']} | "
+            f"{b['hardware']} | {b['licence']} | {status} |"
+        )
     return "\n".join(rows) + f"\n\nAs of {data['as_of']}. Source: {data['source']}\n"
 
 
@@ -41,7 +50,9 @@ def backends_status() -> str:
     data = load("backends")
     rows = ["| project | status | evidence | checked | start it with |", "|---|---|---|---|---|"]
     for b in data["backends"]:
-        rows.append(f"| {b['name']} | {b['status']} | {b['evidence']} | {b['checked']} | `{b['start']}` |")
+        rows.append(
+            f"| {b['name']} | {b['status']} | {b['evidence']} | {b['checked']} | `{b['start']}` |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -64,21 +75,28 @@ def tutorials_table(group: str | None = None) -> str:
             status += f"; [{label}]({t['replacement']})"
         if t.get("note"):
             status += f". {t['note']}"
-        rows.append(f"| [{t['title']}]({t['url']}) | {t['teaches']} | {t['published']} | {status} |")
+        rows.append(
+            f"| [{t['title']}]({t['url']}) | {t['teaches']} | {t['published']} | {status} |"
+        )
     return "\n".join(rows) + f"\n\nStatus as of {data['as_of']}.\n"
 
 
 def frontends_table() -> str:
     data = load("frontends")
     rows = ["| project | what it gives you | status | evidence |", "|---|---|---|---|"]
-    rows += [f"| [{f['name']}]({f['link']}) | {f['gives']} | {f['status']} | {f['evidence']} |" for f in data["frontends"]]
+    rows += [
+        f"| [{f['name']}]({f['link']}) | {f['gives']} | {f['status']} | {f['evidence']} |"
+        for f in data["frontends"]
+    ]
     return "\n".join(rows) + f"\n\nStatus as of {data['as_of']}.\n"
 
 
 def scaling(host: dict) -> str:
     if host["min_replicas"] is None:
         return "fixed fleet"
-    return "scales to zero" if host["min_replicas"] == 0 else f"autoscaled, min {host['min_replicas']}"
+    return (
+        "scales to zero" if host["min_replicas"] == 0 else f"autoscaled, min {host['min_replicas']}"
+    )
 
 
 def recheck(price: dict) -> str:
@@ -91,15 +109,20 @@ def recheck(price: dict) -> str:
 def hosts_table() -> str:
     """One row per host and priced region; hosts with no price in the data get one row saying so."""
     data = load("hosts")
-    rows = ["| host | accelerators | scaling | region | price per hour | basis | price as of | re-checked |",
-            "|---|---|---|---|---:|---|---|---|"]
+    rows = [
+        "| host | accelerators | scaling | region | price per hour | basis | price as of | re-checked |",
+        "|---|---|---|---|---:|---|---|---|",
+    ]
     for h in data["hosts"]:
         gpus = f"{h['gpus']} x {h['gpu']}" if h["gpu"] else "none"
         if h["gpus"] > 1:
             gpus += " (GPU link)" if h["interconnect"] == "gpu-link" else " (PCIe)"
         head = f"| {h['name']} | {gpus} | {scaling(h)} "
-        rows += [head + f"| {p['location']} | ${p['per_hour']:g} | {p['basis']} | "
-                        f"[{p['as_of'] or 'unknown'}]({p['source']}) | {recheck(p)} |" for p in h["prices"]]
+        rows += [
+            head + f"| {p['location']} | ${p['per_hour']:g} | {p['basis']} | "
+            f"[{p['as_of'] or 'unknown'}]({p['source']}) | {recheck(p)} |"
+            for p in h["prices"]
+        ]
         if not h["prices"]:
             rows.append(head + f"| {', '.join(h['regions'])} | not recorded | {h['note']} | | |")
     return "\n".join(rows) + "\n"
@@ -110,38 +133,69 @@ def tensor_parallel_table(model: str = "llama-3.1-70b") -> str:
     config = load("model_configs")["models"][model]["config"]
     gpu = load("gpus")["gpus"]["H100-SXM-80GB"]
     batch, context = 32, 2048
-    rows = [(f"| tp | weights per GPU | KV cache per token per GPU | 2,048-token sequences that fit per GPU | "
+    rows = [
+        (
+            f"| tp | weights per GPU | KV cache per token per GPU | 2,048-token sequences that fit per GPU | "
             f"all-reduce per token per GPU | one decode step at batch {batch}: memory read | "
-            "all-reduce over NVLink | all-reduce over PCIe |"), "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "all-reduce over NVLink | all-reduce over PCIe |"
+        ),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for tp in (1, 2, 4, 8):
         layout = planner.compute.tensor_parallel_layout(config, tp)
         fit = planner.compute.sequences_that_fit(config, gpu["memory_gib"] * 2**30, context, tp=tp)
-        read = (layout["weights_per_gpu"] + batch * context * layout["kv_per_token_per_gpu"]) / (gpu["bandwidth_gb_s"] * 1e9)
+        read = (layout["weights_per_gpu"] + batch * context * layout["kv_per_token_per_gpu"]) / (
+            gpu["bandwidth_gb_s"] * 1e9
+        )
         sent = batch * layout["allreduce_per_token"]
-        nvlink, pcie = (sent / (both / 2 * 1e9) for both in (gpu["gpu_link_gb_s"], gpu["pcie_gb_s"]))
+        nvlink, pcie = (
+            sent / (both / 2 * 1e9) for both in (gpu["gpu_link_gb_s"], gpu["pcie_gb_s"])
+        )
         step = f"{read * 1000:.1f} ms" if fit else "does not fit"
-        rows.append(f"| {tp} | {layout['weights_per_gpu'] / 2**30:.1f} GiB | {layout['kv_per_token_per_gpu'] / 2**10:.0f} KiB "
-                    f"| {fit} | {layout['allreduce_per_token'] / 2**10:.0f} KiB | {step} | {nvlink * 1000:.2f} ms | "
-                    f"{pcie * 1000:.2f} ms |")
-    return "\n".join(rows) + (f"\n\n{model} in bfloat16 on H100 SXM ({gpu['memory_gib']} GiB, {gpu['bandwidth_gb_s']:,} GB/s, "
-                              f"NVLink {gpu['gpu_link_gb_s']} GB/s, PCIe {gpu['pcie_gb_s']} GB/s, both directions; "
-                              "one direction counted), 10 % of memory reserved.\n")
+        rows.append(
+            f"| {tp} | {layout['weights_per_gpu'] / 2**30:.1f} GiB | {layout['kv_per_token_per_gpu'] / 2**10:.0f} KiB "
+            f"| {fit} | {layout['allreduce_per_token'] / 2**10:.0f} KiB | {step} | {nvlink * 1000:.2f} ms | "
+            f"{pcie * 1000:.2f} ms |"
+        )
+    return "\n".join(rows) + (
+        f"\n\n{model} in bfloat16 on H100 SXM ({gpu['memory_gib']} GiB, {gpu['bandwidth_gb_s']:,} GB/s, "
+        f"NVLink {gpu['gpu_link_gb_s']} GB/s, PCIe {gpu['pcie_gb_s']} GB/s, both directions; "
+        "one direction counted), 10 % of memory reserved.\n"
+    )
 
 
 def quantization_table() -> str:
     """Weight memory of each model at each dtype, beside the checkpoints whose size is published."""
     models = load("model_configs")["models"]
     gpu = load("gpus")["gpus"]["H100-SXM-80GB"]
-    rows = [("| model | dtype | weights (calculator) | published checkpoint | H100s (80 GB) for the weights and one "
-             "4,096-token request in a bf16 KV cache |"), "|---|---|---:|---|---:|"]
+    rows = [
+        (
+            "| model | dtype | weights (calculator) | published checkpoint | H100s (80 GB) for the weights and one "
+            "4,096-token request in a bf16 KV cache |"
+        ),
+        "|---|---|---:|---|---:|",
+    ]
     for name in ("llama-3.1-8b", "llama-3.1-70b"):
-        config, published = models[name]["config"], {p["dtype"]: p for p in models[name].get("published", [])}
+        config, published = (
+            models[name]["config"],
+            {p["dtype"]: p for p in models[name].get("published", [])},
+        )
         for dtype in ("bf16", "fp8", "int8", "int4"):
-            need = next((tp for tp in (1, 2, 4, 8) if planner.compute.sequences_that_fit(
-                config, gpu["memory_gib"] * 2**30, 4096, dtype, tp=tp, kv_dtype="bf16")), "more than 8")
+            need = next(
+                (
+                    tp
+                    for tp in (1, 2, 4, 8)
+                    if planner.compute.sequences_that_fit(
+                        config, gpu["memory_gib"] * 2**30, 4096, dtype, tp=tp, kv_dtype="bf16"
+                    )
+                ),
+                "more than 8",
+            )
             ref = published.get(dtype)
             ref = f"[{ref['name']}]({ref['source']}): {ref['gb']} GB" if ref else ""
-            rows.append(f"| {name} | {dtype} | {planner.compute.weight_bytes(config, dtype) / 1e9:.2f} GB | {ref} | {need} |")
+            rows.append(
+                f"| {name} | {dtype} | {planner.compute.weight_bytes(config, dtype) / 1e9:.2f} GB | {ref} | {need} |"
+            )
     return "\n".join(rows) + "\n"
 
 
@@ -158,42 +212,53 @@ def measured_gains() -> str:
     llm = json.loads((results / "llm_server.json").read_text())
     embed_gain = embed["targets"]["speed-up from batching at concurrency 32"]["value"]
     llm_gain = llm["targets"]["continuous batching vs one at a time, tok/s at 8 clients"]["value"]
-    return (f"- dynamic batching: {embed_gain} the embedding requests per second of the same server without it, "
-            f"at 32 concurrent clients ([measured](../backends/batching.md#measured-gain), {embed['cpu_cores']} CPU cores);\n"
-            f"- continuous batching: {llm_gain} the LLM output tokens per second of one request at a time, "
-            f"at 8 concurrent clients ([measured](../backends/llm-serving.md#measured), {llm['cpu_cores']} CPU cores).\n")
+    return (
+        f"- dynamic batching: {embed_gain} the embedding requests per second of the same server without it, "
+        f"at 32 concurrent clients ([measured](../backends/batching.md#measured-gain), {embed['cpu_cores']} CPU cores);\n"
+        f"- continuous batching: {llm_gain} the LLM output tokens per second of one request at a time, "
+        f"at 8 concurrent clients ([measured](../backends/llm-serving.md#measured), {llm['cpu_cores']} CPU cores).\n"
+    )
 
 
 def peak_window_example(spec_name: str = "internal-chat") -> str:
     """The monthly cost of the recommended scale-to-zero host of an example plan, with its arithmetic."""
     spec = planner.load_spec(DATA / "specs" / f"{spec_name}.yaml", planner.known_model_names())
     _, rows = planner.evaluate_all(spec)
-    row = min((r for r in rows if "monthly" in r and "out" not in r and r["host"]["min_replicas"] == 0),
-              key=lambda r: r["monthly"])
-    traffic = planner.budget.Traffic(spec["requests_per_day"], spec["peak_requests_per_second"], spec["peak_hours_per_day"])
-    offpeak = planner.budget.offpeak_replica_hours(traffic, row["instance_rps"], 0, planner.TARGET_UTILISATION,
-                                                   row["latency_s"])
+    row = min(
+        (r for r in rows if "monthly" in r and "out" not in r and r["host"]["min_replicas"] == 0),
+        key=lambda r: r["monthly"],
+    )
+    traffic = planner.budget.Traffic(
+        spec["requests_per_day"], spec["peak_requests_per_second"], spec["peak_hours_per_day"]
+    )
+    offpeak = planner.budget.offpeak_replica_hours(
+        traffic, row["instance_rps"], 0, planner.TARGET_UTILISATION, row["latency_s"]
+    )
     price = row["price"]["per_hour"]
-    return (f"- peak: {spec['peak_requests_per_second']:g} requests/s for {spec['peak_hours_per_day']:g} h need "
-            f"{row['replicas']} replicas of {row['instance_rps']:.2f} requests/s at 70 % busy: "
-            f"{row['replicas']} x {spec['peak_hours_per_day']:g} h = {row['replicas'] * spec['peak_hours_per_day']:g} replica-hours\n"
-            f"- off peak: {spec['requests_per_day']:,} - {spec['peak_requests_per_second']:g} x {spec['peak_hours_per_day']:g} x 3,600 = "
-            f"{traffic.offpeak_requests:,.0f} requests in {traffic.offpeak_hours:g} h, one every "
-            f"{traffic.offpeak_hours * 3600 / traffic.offpeak_requests:.0f} s: each keeps a replica up "
-            f"{planner.budget.IDLE_TIMEOUT_S} s + {row['latency_s']:.1f} s, {offpeak:.1f} replica-hours\n"
-            f"- month: ${price:g} x ({row['replicas'] * spec['peak_hours_per_day']:g} + {offpeak:.1f}) x "
-            f"{planner.budget.DAYS_PER_MONTH} days = **${row['monthly']:,.0f}** on {row['host']['name']}, against "
-            f"${planner.budget.always_on_monthly(price, row['replicas']):,.0f} for the same replicas always on\n")
+    return (
+        f"- peak: {spec['peak_requests_per_second']:g} requests/s for {spec['peak_hours_per_day']:g} h need "
+        f"{row['replicas']} replicas of {row['instance_rps']:.2f} requests/s at 70 % busy: "
+        f"{row['replicas']} x {spec['peak_hours_per_day']:g} h = {row['replicas'] * spec['peak_hours_per_day']:g} replica-hours\n"
+        f"- off peak: {spec['requests_per_day']:,} - {spec['peak_requests_per_second']:g} x {spec['peak_hours_per_day']:g} x 3,600 = "
+        f"{traffic.offpeak_requests:,.0f} requests in {traffic.offpeak_hours:g} h, one every "
+        f"{traffic.offpeak_hours * 3600 / traffic.offpeak_requests:.0f} s: each keeps a replica up "
+        f"{planner.budget.IDLE_TIMEOUT_S} s + {row['latency_s']:.1f} s, {offpeak:.1f} replica-hours\n"
+        f"- month: ${price:g} x ({row['replicas'] * spec['peak_hours_per_day']:g} + {offpeak:.1f}) x "
+        f"{planner.budget.DAYS_PER_MONTH} days = **${row['monthly']:,.0f}** on {row['host']['name']}, against "
+        f"${planner.budget.always_on_monthly(price, row['replicas']):,.0f} for the same replicas always on\n"
+    )
 
 
 def embedding_replicas_example() -> str:
     """The replica arithmetic of the embedding plan, from the measured CPU throughput."""
     rps = planner.measured_cpu_embeddings_rps()
     replicas = planner.budget.replicas_needed(600, rps, 0.7, spare=1)
-    return (f"600 requests/s at peak over {rps:g} requests/s measured per replica "
-            f"([benchmark](../backends/batching.md#measured-gain)) at 70 % busy, plus one spare: "
-            f"ceil(600 / ({rps:g} x 0.7)) + 1 = **{replicas} replicas**; always on at $0.1785 an hour, "
-            f"{replicas} x 730 h x $0.1785 = **${planner.budget.always_on_monthly(0.1785, replicas):,.0f} a month**.\n")
+    return (
+        f"600 requests/s at peak over {rps:g} requests/s measured per replica "
+        f"([benchmark](../backends/batching.md#measured-gain)) at 70 % busy, plus one spare: "
+        f"ceil(600 / ({rps:g} x 0.7)) + 1 = **{replicas} replicas**; always on at $0.1785 an hour, "
+        f"{replicas} x 730 h x $0.1785 = **${planner.budget.always_on_monthly(0.1785, replicas):,.0f} a month**.\n"
+    )
 
 
 def redaction_report() -> str:
@@ -203,7 +268,11 @@ def redaction_report() -> str:
 
     lines = ["| kind | caught | missed |", "|---|---:|---:|"]
     for kind, row in redact.catch_report(redact.load_cases()).items():
-        caught, missed = (row["caught"], row["missed"]) if "caught" in row else (row["kept"], row["over_redacted"])
+        caught, missed = (
+            (row["caught"], row["missed"])
+            if "caught" in row
+            else (row["kept"], row["over_redacted"])
+        )
         label = f"{kind} (kept / wrongly redacted)" if "kept" in row else kind
         lines.append(f"| {label} | {caught} | {missed} |")
     return "\n".join(lines) + "\n"
@@ -216,13 +285,30 @@ def format_row(model: str, fmt: str) -> dict:
 
 FIGURES = {  # inline figures a sentence may quote with <!-- figure: name -->, read from benchmark results
     "gguf_load_s": lambda: f"{format_row('SmolLM2-135M-Instruct', 'GGUF')['load_s']:.1f} s",
-    "converted_load_s": lambda: f"{format_row('SmolLM2-135M-Instruct', 'safetensors float32')['load_s']:.2f} s",
+    "converted_load_s": lambda: (
+        f"{format_row('SmolLM2-135M-Instruct', 'safetensors float32')['load_s']:.2f} s"
+    ),
     "embedding_rps": lambda: f"{planner.measured_cpu_embeddings_rps():g}",
 }
 FIGURE = re.compile(r"<!-- figure: (\w+) -->")
-RENDERERS = {f.__name__: f for f in (measured_gains, backends_table, backends_status, backend_guide, tutorials_table,
-                                     frontends_table, hosts_table, plan, tensor_parallel_table, quantization_table,
-                                     peak_window_example, embedding_replicas_example, redaction_report)}
+RENDERERS = {
+    f.__name__: f
+    for f in (
+        measured_gains,
+        backends_table,
+        backends_status,
+        backend_guide,
+        tutorials_table,
+        frontends_table,
+        hosts_table,
+        plan,
+        tensor_parallel_table,
+        quantization_table,
+        peak_window_example,
+        embedding_replicas_example,
+        redaction_report,
+    )
+}
 
 
 def render(markdown: str) -> str:

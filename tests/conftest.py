@@ -14,7 +14,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from helpers import MODELS, REPO, free_port, load_snippet, serve  # noqa: E402
+from helpers import MODELS, REPO, free_port, load_snippet, serve
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,9 @@ def embed_one(minilm):
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a plain safetensors folder, converted once from the GGUF."""
     convert = load_snippet("servable_model/gguf_to_safetensors.py")
-    return convert.convert(convert.smollm2_gguf_dir(), convert.GGUF_NAME, MODELS / "smollm2-135m-instruct")
+    return convert.convert(
+        convert.smollm2_gguf_dir(), convert.GGUF_NAME, MODELS / "smollm2-135m-instruct"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +90,19 @@ def llm_server(smollm2_dir, tmp_path_factory, chat_page_origin):
     request log, started once for every test that needs the default configuration: the API
     tests, the front ends and the browser tests."""
     log_db = tmp_path_factory.mktemp("llm-log") / "requests.db"
-    with serve("backends/llm_server.py", "--model", str(smollm2_dir), "--dtype", "float32",
-               "--max-running", "16", "--log-db", str(log_db), "--cors-origin", chat_page_origin) as handle:
+    with serve(
+        "backends/llm_server.py",
+        "--model",
+        str(smollm2_dir),
+        "--dtype",
+        "float32",
+        "--max-running",
+        "16",
+        "--log-db",
+        str(log_db),
+        "--cors-origin",
+        chat_page_origin,
+    ) as handle:
         handle.log_db = log_db
         yield handle
 
@@ -98,9 +111,14 @@ def llm_server(smollm2_dir, tmp_path_factory, chat_page_origin):
 def built_site(tmp_path_factory) -> Path:
     """The site, built once per session with `mkdocs build --strict` (any warning fails it)."""
     out = tmp_path_factory.mktemp("site")
-    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                           cwd=REPO, capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert build.returncode == 0, build.stderr[-5000:]
-    assert not re.search(r"^WARNING\s+-", build.stderr, re.M), build.stderr[-5000:]
+    assert not re.search(r"^WARNING\s+-", build.stderr, re.MULTILINE), build.stderr[-5000:]
     return out

@@ -22,7 +22,10 @@ def run_snippet(relpath: str, *args: str, cwd: Path | None = None, timeout: floa
     """Run snippets/<relpath> as a reader would (`python file.py ...`); return its stdout."""
     proc = subprocess.run(
         [sys.executable, str(SNIPPETS / relpath), *args],
-        cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"{relpath} failed:\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -57,10 +60,22 @@ def serve(relpath: str, *args: str, ready_path: str = "/health", startup_timeout
     The whole group is killed on exit, so no server outlives its test.
     """
     port = free_port()
-    stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks
+    stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 -- open for the server's life; closed below
     proc = subprocess.Popen(
-        [sys.executable, str(SNIPPETS / relpath), "--host", "127.0.0.1", "--port", str(port), *args],
-        cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+        [
+            sys.executable,
+            str(SNIPPETS / relpath),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+        ],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -68,7 +83,9 @@ def serve(relpath: str, *args: str, ready_path: str = "/health", startup_timeout
         while True:
             if proc.poll() is not None:
                 stderr.seek(0)
-                raise RuntimeError(f"{relpath} exited with {proc.returncode}:\n{stderr.read()[-3000:]}")
+                raise RuntimeError(
+                    f"{relpath} exited with {proc.returncode}:\n{stderr.read()[-3000:]}"
+                )
             with contextlib.suppress(requests.RequestException):
                 if requests.get(url + ready_path, timeout=2).status_code == 200:
                     break
@@ -94,7 +111,9 @@ def serve_app(app, startup_timeout: float = 120):
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

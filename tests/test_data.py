@@ -6,15 +6,27 @@ import sys
 
 import pytest
 import yaml
-
 from helpers import REPO
 
 sys.path.insert(0, str(REPO / "hooks"))
-import render_data  # noqa: E402
+import render_data
 
 BACKENDS = yaml.safe_load((REPO / "data" / "backends.yaml").read_text())["backends"]
-FIELDS = ["name", "kind", "for", "api", "batching", "hardware", "licence", "status", "evidence", "checked",
-          "link", "start", "choose_when"]
+FIELDS = [
+    "name",
+    "kind",
+    "for",
+    "api",
+    "batching",
+    "hardware",
+    "licence",
+    "status",
+    "evidence",
+    "checked",
+    "link",
+    "start",
+    "choose_when",
+]
 
 
 @pytest.mark.parametrize("entry", BACKENDS, ids=[b["name"] for b in BACKENDS])
@@ -26,8 +38,27 @@ def test_every_backend_is_complete_and_dated(entry):
 
 def test_the_catalogue_covers_the_projects_the_guide_names():
     names = " ".join(b["name"] for b in BACKENDS)
-    for project in ["vLLM", "SGLang", "TGI", "Triton", "Dynamo", "TorchServe", "TensorRT-LLM", "llm-d", "TEI", "MLX", "LitServe", "LitGPT", "Ray Serve",
-                    "BentoML", "KServe", "llama.cpp", "Ollama", "azurechat", "SageMaker AI"]:
+    for project in [
+        "vLLM",
+        "SGLang",
+        "TGI",
+        "Triton",
+        "Dynamo",
+        "TorchServe",
+        "TensorRT-LLM",
+        "llm-d",
+        "TEI",
+        "MLX",
+        "LitServe",
+        "LitGPT",
+        "Ray Serve",
+        "BentoML",
+        "KServe",
+        "llama.cpp",
+        "Ollama",
+        "azurechat",
+        "SageMaker AI",
+    ]:
         assert project in names, project
 
 
@@ -41,7 +72,10 @@ def test_verified_status_facts():
     tgi = by_name("TGI")
     assert tgi["status"] == "maintenance mode" and "2025-12" in tgi["evidence"]
     assert "vLLM, SGLang, llama.cpp and MLX" in tgi["evidence"]
-    assert "renamed from Lit-GPT to LitGPT" in by_name("LitGPT")["evidence"] and "2024-03" in by_name("LitGPT")["evidence"]
+    assert (
+        "renamed from Lit-GPT to LitGPT" in by_name("LitGPT")["evidence"]
+        and "2024-03" in by_name("LitGPT")["evidence"]
+    )
     assert by_name("azurechat")["link"] == "https://github.com/microsoft/azurechat"
     assert by_name("llama.cpp")["link"] == "https://github.com/ggml-org/llama.cpp"
     assert "successor" in by_name("Dynamo")["evidence"]

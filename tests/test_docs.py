@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from pytest_examples import CodeExample, EvalExample, find_examples
-
 from helpers import REPO, SNIPPETS
+from pytest_examples import CodeExample, EvalExample, find_examples
 
 DOCS = REPO / "docs"
 INCLUDE = "--8<--"
@@ -35,11 +34,21 @@ def snippet_files() -> list[str]:
 def strings_used_in_code(path) -> set[str]:
     """Every string literal a test file uses in code: its docstrings and comments do not count."""
     tree = ast.parse(path.read_text())
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    return {node.value for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    }
 
 
 def untested(snippets: list[str], test_files) -> list[str]:
@@ -56,8 +65,10 @@ def test_every_snippet_has_a_test():
 
 def test_a_mention_in_a_comment_or_docstring_is_not_a_test(tmp_path):
     mention = tmp_path / "test_mention.py"
-    mention.write_text('"""Covers backends/llm_server.py."""\n# and backends/llm_server.py\n'
-                       'def test_x():\n    """backends/llm_server.py"""\n    assert True\n')
+    mention.write_text(
+        '"""Covers backends/llm_server.py."""\n# and backends/llm_server.py\n'
+        'def test_x():\n    """backends/llm_server.py"""\n    assert True\n'
+    )
     use = tmp_path / "test_use.py"
     use.write_text('SERVER = "backends/llm_server.py"\n')
     assert untested(["backends/llm_server.py"], [mention]) == ["backends/llm_server.py"]
@@ -87,7 +98,10 @@ def test_broken_anchor_fails_the_build(tmp_path):
     page.write_text(page.read_text() + "\n\nSee [nowhere](budget/index.md#no-such-heading).\n")
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0
     assert "no-such-heading" in proc.stderr

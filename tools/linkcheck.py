@@ -25,13 +25,19 @@ REGISTRY = REPO / "data" / "links.yaml"
 URL = re.compile(r"https?://[^\s)\]>\"'`|]+")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "0.0.0.0"}
 STATUSES = {"live", "moved", "dead", "error", "unverified"}
-HEADER = ("# Every external URL used in docs/ and data/, with its status. Checked offline by tests/test_links.py,\n"
-          "# online by `make linkcheck` (tools/linkcheck.py), which rewrites status, final_url and checked.\n")
+HEADER = (
+    "# Every external URL used in docs/ and data/, with its status. Checked offline by tests/test_links.py,\n"
+    "# online by `make linkcheck` (tools/linkcheck.py), which rewrites status, final_url and checked.\n"
+)
 
 
 def site_urls(repo: Path = REPO) -> set[str]:
     """External URLs in the pages, notebooks and data files (the registry itself excluded)."""
-    sources = [*(repo / "docs").rglob("*.md"), *(repo / "docs").rglob("*.ipynb"), *(repo / "data").glob("*.yaml")]
+    sources = [
+        *(repo / "docs").rglob("*.md"),
+        *(repo / "docs").rglob("*.ipynb"),
+        *(repo / "data").glob("*.yaml"),
+    ]
     found = set()
     for path in sources:
         if path.name == "links.yaml":
@@ -48,17 +54,26 @@ def load_registry(path: Path = REGISTRY) -> dict:
 
 
 def save_registry(registry: dict, path: Path = REGISTRY) -> None:
-    path.write_text(HEADER + yaml.safe_dump(registry, sort_keys=False, allow_unicode=True, width=110),
-                    encoding="utf-8")
+    path.write_text(
+        HEADER + yaml.safe_dump(registry, sort_keys=False, allow_unicode=True, width=110),
+        encoding="utf-8",
+    )
 
 
 def problems(urls: set[str], registry: dict) -> list[str]:
     """What the offline test fails on: unregistered URLs, dead links without a replacement."""
     entries = {e["url"]: e for e in registry["links"]}
     found = [f"not in data/links.yaml: {url}" for url in sorted(urls - entries.keys())]
-    found += [f"dead without a replacement: {e['url']}" for e in entries.values()
-              if e["status"] == "dead" and not e.get("replacement")]
-    found += [f"unknown status {e['status']!r}: {e['url']}" for e in entries.values() if e["status"] not in STATUSES]
+    found += [
+        f"dead without a replacement: {e['url']}"
+        for e in entries.values()
+        if e["status"] == "dead" and not e.get("replacement")
+    ]
+    found += [
+        f"unknown status {e['status']!r}: {e['url']}"
+        for e in entries.values()
+        if e["status"] not in STATUSES
+    ]
     return found
 
 
@@ -76,8 +91,11 @@ def check(url: str, session: requests.Session, timeout: float, retries: int) -> 
                 return {"status": "dead", "http_status": code}
             if code < 400:
                 moved = response.url.rstrip("/") != url.rstrip("/")
-                return {"status": "moved" if moved else "live", "http_status": code,
-                        **({"final_url": response.url} if moved else {})}
+                return {
+                    "status": "moved" if moved else "live",
+                    "http_status": code,
+                    **({"final_url": response.url} if moved else {}),
+                }
             last_error = f"HTTP {code}"
             if code not in (429, 500, 502, 503, 504):
                 return {"status": "error", "http_status": code}
@@ -120,15 +138,26 @@ def main() -> int:
     parser.add_argument("--registry", type=Path, default=REGISTRY)
     parser.add_argument("--timeout", type=float, default=10)
     parser.add_argument("--retries", type=int, default=3)
-    parser.add_argument("--host-delay", type=float, default=1.0, help="seconds between calls to one host")
+    parser.add_argument(
+        "--host-delay", type=float, default=1.0, help="seconds between calls to one host"
+    )
     parser.add_argument("--list", action="store_true", help="only list registry problems (offline)")
-    parser.add_argument("--add-missing", action="store_true", help="register new site URLs as unverified (offline)")
+    parser.add_argument(
+        "--add-missing", action="store_true", help="register new site URLs as unverified (offline)"
+    )
     args = parser.parse_args()
     registry = load_registry(args.registry)
     if args.add_missing:
         missing = sorted(site_urls() - {e["url"] for e in registry["links"]})
-        registry["links"] += [{"url": url, "status": "unverified", "checked": None,
-                               "evidence": "not yet checked online; run make linkcheck"} for url in missing]
+        registry["links"] += [
+            {
+                "url": url,
+                "status": "unverified",
+                "checked": None,
+                "evidence": "not yet checked online; run make linkcheck",
+            }
+            for url in missing
+        ]
         save_registry(registry, args.registry)
         print(f"registered {len(missing)} new URLs as unverified")
         return 0
@@ -138,8 +167,10 @@ def main() -> int:
         return 1 if found else 0
     reached, total = run(registry, args.timeout, args.retries, args.host_delay)
     if reached == 0:
-        print(f"linkcheck: no network: none of {total} URLs could be reached; the registry is unchanged.",
-              file=sys.stderr)
+        print(
+            f"linkcheck: no network: none of {total} URLs could be reached; the registry is unchanged.",
+            file=sys.stderr,
+        )
         return 2
     save_registry(registry, args.registry)
     print(f"checked {reached} of {total} URLs; wrote {args.registry}")

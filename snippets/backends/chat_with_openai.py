@@ -1,6 +1,6 @@
 """Chat with any OpenAI-compatible server (this guide's, vLLM, SGLang, llama.cpp, Ollama) using `openai`.
 
-    python snippets/backends/chat_with_openai.py --url http://127.0.0.1:8000 --model SmolLM2-135M-Instruct
+python snippets/backends/chat_with_openai.py --url http://127.0.0.1:8000 --model SmolLM2-135M-Instruct
 """
 
 import argparse
@@ -17,13 +17,21 @@ client = OpenAI(base_url=f"{args.url}/v1", api_key=args.api_key)
 messages = [{"role": "user", "content": "What is the capital of France?"}]
 
 # One answer, all at once.
-reply = client.chat.completions.create(model=args.model, messages=messages, max_tokens=32, temperature=0)
+reply = client.chat.completions.create(
+    model=args.model, messages=messages, max_tokens=32, temperature=0
+)
 print("answer:", reply.choices[0].message.content)
 print("finish:", reply.choices[0].finish_reason, "| tokens:", reply.usage.completion_tokens)
 
 # The same answer, streamed token by token as server-sent events.
-stream = client.chat.completions.create(model=args.model, messages=messages, max_tokens=32, temperature=0,
-                                        stream=True, stream_options={"include_usage": True})
+stream = client.chat.completions.create(
+    model=args.model,
+    messages=messages,
+    max_tokens=32,
+    temperature=0,
+    stream=True,
+    stream_options={"include_usage": True},
+)
 pieces = []
 for chunk in stream:
     if chunk.choices and chunk.choices[0].delta.content:

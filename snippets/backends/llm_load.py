@@ -19,8 +19,13 @@ async def one_request(client: AsyncOpenAI, model: str, prompt: str, max_tokens: 
     started = time.perf_counter()
     first, tokens = None, 0
     stream = await client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
-        stream=True, stream_options={"include_usage": True})
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content and first is None:
             first = time.perf_counter()
@@ -28,8 +33,12 @@ async def one_request(client: AsyncOpenAI, model: str, prompt: str, max_tokens: 
             tokens = chunk.usage.completion_tokens
     done = time.perf_counter()
     first = first or done
-    return {"ttft": first - started, "latency": done - started, "tokens": tokens,
-            "tpot": (done - first) / max(tokens - 1, 1)}
+    return {
+        "ttft": first - started,
+        "latency": done - started,
+        "tokens": tokens,
+        "tpot": (done - first) / max(tokens - 1, 1),
+    }
 
 
 async def worker(url: str, model: str, jobs: asyncio.Queue, results: list) -> None:
@@ -42,7 +51,9 @@ async def worker(url: str, model: str, jobs: asyncio.Queue, results: list) -> No
 async def main(url: str, model: str, n_requests: int, concurrency: int) -> dict:
     jobs: asyncio.Queue = asyncio.Queue()
     for i in range(n_requests):
-        jobs.put_nowait((f"Write a short story about a robot number {i}.", [16, 64, 128, 32][i % 4]))
+        jobs.put_nowait(
+            (f"Write a short story about a robot number {i}.", [16, 64, 128, 32][i % 4])
+        )
     results: list[dict] = []
     started = time.perf_counter()
     await asyncio.gather(*(worker(url, model, jobs, results) for _ in range(concurrency)))
@@ -53,7 +64,10 @@ async def main(url: str, model: str, n_requests: int, concurrency: int) -> dict:
         "ttft_p50_s": statistics.median(r["ttft"] for r in results),
         "latency_p50_s": statistics.median(r["latency"] for r in results),
     }
-    print(f"{len(results)} requests in {elapsed:.1f} s: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
+    print(
+        f"{len(results)} requests in {elapsed:.1f} s: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
+    )
     return summary
 
 

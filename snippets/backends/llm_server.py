@@ -73,18 +73,35 @@ MAX_BODY_BYTES = 1_000_000
 MAX_STOP_STRINGS = 4
 
 registry = CollectorRegistry()
-REQUESTS = Counter("llm_requests", "HTTP requests by route and status", ["route", "status"], registry=registry)
+REQUESTS = Counter(
+    "llm_requests", "HTTP requests by route and status", ["route", "status"], registry=registry
+)
 PROMPT_TOKENS = Counter("llm_prompt_tokens", "Prompt tokens processed", registry=registry)
 OUTPUT_TOKENS = Counter("llm_output_tokens", "Tokens generated", registry=registry)
-TTFT = Histogram("llm_time_to_first_token_seconds", "Request arrival to first token",
-                 buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry)
-TPOT = Histogram("llm_time_per_output_token_seconds", "Mean time between output tokens of a request",
-                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=registry)
+TTFT = Histogram(
+    "llm_time_to_first_token_seconds",
+    "Request arrival to first token",
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=registry,
+)
+TPOT = Histogram(
+    "llm_time_per_output_token_seconds",
+    "Mean time between output tokens of a request",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=registry,
+)
 RUNNING = Gauge("llm_running_sequences", "Sequences in the decode batch", registry=registry)
-WAITING = Gauge("llm_waiting_sequences", "Sequences waiting for a place in the batch", registry=registry)
-PREFIX_HITS = Counter("llm_prefix_cache_hits", "Prefills that reused a cached shared prefix", registry=registry)
-PREFIX_TOKENS = Counter("llm_prefix_cache_tokens", "Prompt tokens whose prefill a cached prefix saved",
-                        registry=registry)
+WAITING = Gauge(
+    "llm_waiting_sequences", "Sequences waiting for a place in the batch", registry=registry
+)
+PREFIX_HITS = Counter(
+    "llm_prefix_cache_hits", "Prefills that reused a cached shared prefix", registry=registry
+)
+PREFIX_TOKENS = Counter(
+    "llm_prefix_cache_tokens",
+    "Prompt tokens whose prefill a cached prefix saved",
+    registry=registry,
+)
 
 
 # --8<-- [start:bodies]
@@ -100,7 +117,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-StopStrings = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)]
+StopStrings = Annotated[
+    list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)
+]
 
 
 class JsonSchemaFormat(BaseModel):
@@ -154,8 +173,18 @@ class ChatRequest(BaseModel):
         return [value] if isinstance(value, str) else [] if value is None else value
 
 
-NOT_IMPLEMENTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs",
-                   "logit_bias", "presence_penalty", "frequency_penalty", "parallel_tool_calls")
+NOT_IMPLEMENTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "parallel_tool_calls",
+)
 
 
 class GenerateParameters(BaseModel):
@@ -186,6 +215,8 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+
+
 # --8<-- [end:bodies]
 
 
@@ -217,14 +248,26 @@ class Detokenizer:
 
     def release(self) -> str:
         """Cut at a complete stop string; otherwise send all but a possible stop-string start."""
-        cut = min((i for i in (self.pending.find(stop) for stop in self.stops) if i >= 0), default=-1)
+        cut = min(
+            (i for i in (self.pending.find(stop) for stop in self.stops) if i >= 0), default=-1
+        )
         if cut >= 0:
             self.stopped = True
             text, self.pending = self.pending[:cut], ""
             return text
-        keep = max((k for stop in self.stops for k in range(len(stop) - 1, 0, -1)
-                    if self.pending.endswith(stop[:k])), default=0)
-        text, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
+        keep = max(
+            (
+                k
+                for stop in self.stops
+                for k in range(len(stop) - 1, 0, -1)
+                if self.pending.endswith(stop[:k])
+            ),
+            default=0,
+        )
+        text, self.pending = (
+            self.pending[: len(self.pending) - keep],
+            self.pending[len(self.pending) - keep :],
+        )
         return text
 
     def flush(self) -> str:
@@ -290,10 +333,15 @@ class PrefixCache:
             return
         snapshot = copy.deepcopy(cache)
         for layer in snapshot.layers:  # keep only the prefix's positions
-            layer.keys, layer.values = layer.keys[:, :, : len(prefix)].clone(), layer.values[:, :, : len(prefix)].clone()
+            layer.keys, layer.values = (
+                layer.keys[:, :, : len(prefix)].clone(),
+                layer.values[:, :, : len(prefix)].clone(),
+            )
         self.entries[tuple(prefix)] = snapshot
         while len(self.entries) > self.size:
             self.entries.popitem(last=False)
+
+
 # --8<-- [end:prefix]
 
 
@@ -306,9 +354,21 @@ class Engine:
     stops it, fails every request it holds and reports through `on_fatal` (/health turns 503).
     """
 
-    def __init__(self, model, tokenizer, eos_ids: set[int], max_running: int, max_waiting: int,
-                 on_fatal: Callable[[BaseException], None], prefix_cache_size: int = 8):
-        self.model, self.tokenizer, self.eos_ids = model, tokenizer, eos_ids  # tokenizer: decoding only
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        eos_ids: set[int],
+        max_running: int,
+        max_waiting: int,
+        on_fatal: Callable[[BaseException], None],
+        prefix_cache_size: int = 8,
+    ):
+        self.model, self.tokenizer, self.eos_ids = (
+            model,
+            tokenizer,
+            eos_ids,
+        )  # tokenizer: decoding only
         self.prefixes = PrefixCache(prefix_cache_size)
         self.max_running, self.max_waiting, self.on_fatal = max_running, max_waiting, on_fatal
         self.inbox: queue.Queue[Sequence] = queue.Queue()
@@ -323,8 +383,12 @@ class Engine:
         if self.failure is not None:
             raise ApiError(503, f"The engine has stopped: {self.failure}", code="server_failed")
         if self.inbox.qsize() >= self.max_waiting:
-            raise ApiError(503, "Server is overloaded: too many requests waiting. Retry later.",
-                           code="queue_full", headers={"Retry-After": "1"})
+            raise ApiError(
+                503,
+                "Server is overloaded: too many requests waiting. Retry later.",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
         self.inbox.put(seq)
         WAITING.set(self.inbox.qsize())
 
@@ -389,8 +453,13 @@ class Engine:
         positions = torch.tensor([[len(s.prompt_ids) + s.generated - 1] for s in self.running])
         last_tokens = torch.tensor([[s.last_token] for s in self.running])
         try:
-            logits = self.model(input_ids=last_tokens, attention_mask=self.mask, position_ids=positions,
-                                cache=self.cache, use_cache=True).logits[:, -1]
+            logits = self.model(
+                input_ids=last_tokens,
+                attention_mask=self.mask,
+                position_ids=positions,
+                cache=self.cache,
+                use_cache=True,
+            ).logits[:, -1]
         except Exception as error:  # noqa: BLE001 -- the step's sequences fail together
             log.exception("decode step failed for %d sequences", len(self.running))
             self.fail(self.running, error)
@@ -432,11 +501,18 @@ class Engine:
             return
         width = max(self.mask.shape[1], mask.shape[1])
         for batch_layer, new_layer in zip(self.cache.layers, cache.layers):
-            batch_layer.keys = torch.cat([left_pad(batch_layer.keys, width), left_pad(new_layer.keys, width)])
-            batch_layer.values = torch.cat([left_pad(batch_layer.values, width),
-                                            left_pad(new_layer.values, width)])
-        self.mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)),
-                               F.pad(mask, (width - mask.shape[1], 0))])
+            batch_layer.keys = torch.cat(
+                [left_pad(batch_layer.keys, width), left_pad(new_layer.keys, width)]
+            )
+            batch_layer.values = torch.cat(
+                [left_pad(batch_layer.values, width), left_pad(new_layer.values, width)]
+            )
+        self.mask = torch.cat(
+            [
+                F.pad(self.mask, (width - self.mask.shape[1], 0)),
+                F.pad(mask, (width - mask.shape[1], 0)),
+            ]
+        )
 
     def leave(self, rows: list[int]) -> None:
         """Drop finished rows from the batch, and the padding columns no remaining row needs."""
@@ -455,13 +531,17 @@ class Engine:
             return
         index = torch.tensor(keep)
         self.mask = self.mask[index]
-        first = int(self.mask.any(dim=0).int().argmax())  # leading columns that are padding in every row
+        first = int(
+            self.mask.any(dim=0).int().argmax()
+        )  # leading columns that are padding in every row
         self.mask = self.mask[:, first:]
         for layer in self.cache.layers:
             layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
 
     def fail(self, seqs: list[Sequence], error: BaseException) -> None:
-        failure = ApiError(500, f"Generation failed: {type(error).__name__}: {error}", code="model_error")
+        failure = ApiError(
+            500, f"Generation failed: {type(error).__name__}: {error}", code="model_error"
+        )
         for seq in seqs:
             seq.emit(failure)
 
@@ -488,7 +568,9 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     hot = [row for row, seq in enumerate(seqs) if seq.params.temperature > 0]
     if hot:
         temperatures = torch.tensor([[seqs[row].params.temperature] for row in hot])
-        probs = torch.softmax(logits[hot].float() / temperatures, dim=-1)  # one op for every hot row
+        probs = torch.softmax(
+            logits[hot].float() / temperatures, dim=-1
+        )  # one op for every hot row
         for row, row_probs in zip(hot, probs):
             tokens[row] = draw(row_probs, seqs[row])
     return tokens
@@ -529,8 +611,12 @@ def draw(probs: torch.Tensor, seq: Sequence) -> int:
 
 def check_model(name: str) -> None:
     if name != MODEL_ID:
-        raise ApiError(404, f"The model '{name}' does not exist; this server has '{MODEL_ID}'.",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"The model '{name}' does not exist; this server has '{MODEL_ID}'.",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def reject_not_implemented(body: ChatRequest) -> None:
@@ -538,21 +624,34 @@ def reject_not_implemented(body: ChatRequest) -> None:
     request: refuse it by name instead."""
     for name in NOT_IMPLEMENTED:
         if getattr(body, name) not in (None, False, [], {}):
-            raise ApiError(400, f"Unsupported parameter: '{name}' is not supported by this server.",
-                           param=name, code="unsupported_parameter")
+            raise ApiError(
+                400,
+                f"Unsupported parameter: '{name}' is not supported by this server.",
+                param=name,
+                code="unsupported_parameter",
+            )
 
 
-def sampling_params(prompt_length: int, max_context: int, max_tokens: int | None, tokens_name: str,
-                    **settings) -> SamplingParams:
+def sampling_params(
+    prompt_length: int, max_context: int, max_tokens: int | None, tokens_name: str, **settings
+) -> SamplingParams:
     """Check the prompt and the output budget against the context window (400s name the field)."""
     room = max_context - prompt_length
     if room < 1:
-        raise ApiError(400, f"The prompt has {prompt_length} tokens; the context window is {max_context}.",
-                       param="messages", code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"The prompt has {prompt_length} tokens; the context window is {max_context}.",
+            param="messages",
+            code="context_length_exceeded",
+        )
     if max_tokens is not None and max_tokens > room:
-        raise ApiError(400, f"'{tokens_name}' is {max_tokens}, but the prompt has {prompt_length} tokens "
-                            f"and the context window is {max_context}: at most {room} can be generated.",
-                       param=tokens_name, code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"'{tokens_name}' is {max_tokens}, but the prompt has {prompt_length} tokens "
+            f"and the context window is {max_context}: at most {room} can be generated.",
+            param=tokens_name,
+            code="context_length_exceeded",
+        )
     return SamplingParams(max_tokens=max_tokens or room, **settings)
 
 
@@ -560,11 +659,14 @@ def chat_prompt(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
     """The prompt's token ids, and how many of them are the system prompt: the part other
     requests share, worth caching. 0 when there is no system message (or its tokens are not a
     prefix of the whole prompt's, which some templates do)."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                        return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     if messages[0]["role"] != "system" or len(messages) < 2:
         return ids, 0
-    system = tokenizer.apply_chat_template(messages[:1], tokenize=True, return_dict=True)["input_ids"]
+    system = tokenizer.apply_chat_template(messages[:1], tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     return ids, len(system) if ids[: len(system)] == system else 0
 
 
@@ -584,14 +686,21 @@ def grammar_for(response_format: ResponseFormat | None) -> str | None:
     if response_format.type == "json_object":
         schema = {"type": "object"}
     elif response_format.json_schema is None:
-        raise ApiError(400, "'response_format.json_schema' is required when its type is 'json_schema'.",
-                       param="response_format.json_schema")
+        raise ApiError(
+            400,
+            "'response_format.json_schema' is required when its type is 'json_schema'.",
+            param="response_format.json_schema",
+        )
     else:
         schema = response_format.json_schema.json_schema
-    return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+    return llguidance.LLMatcher.grammar_from_json_schema(
+        schema, defaults={"whitespace_flexible": False}
+    )
 
 
-async def grammar_matcher(state, response_format: ResponseFormat | None) -> llguidance.LLMatcher | None:
+async def grammar_matcher(
+    state, response_format: ResponseFormat | None
+) -> llguidance.LLMatcher | None:
     """Compile the request's grammar in the tokenizer thread (a large schema takes milliseconds);
     a schema llguidance cannot compile is the client's error: 400, naming it."""
     grammar = grammar_for(response_format)
@@ -600,11 +709,17 @@ async def grammar_matcher(state, response_format: ResponseFormat | None) -> llgu
 
     def compile_grammar() -> llguidance.LLMatcher:
         if error := llguidance.LLMatcher.validate_grammar(grammar, state.grammar_tokenizer):
-            raise ApiError(400, f"Invalid 'response_format.json_schema.schema': {error}",
-                           param="response_format.json_schema.schema", code="invalid_schema")
+            raise ApiError(
+                400,
+                f"Invalid 'response_format.json_schema.schema': {error}",
+                param="response_format.json_schema.schema",
+                code="invalid_schema",
+            )
         return llguidance.LLMatcher(state.grammar_tokenizer, grammar)
 
     return await asyncio.get_running_loop().run_in_executor(state.tokenizer_thread, compile_grammar)
+
+
 # --8<-- [end:structured]
 
 
@@ -632,7 +747,9 @@ async def whole_text(seq: Sequence, deadline: float) -> str:
     try:
         return "".join([piece async for piece in text_pieces(seq, deadline)])
     except TimeoutError:
-        raise ApiError(504, "Request timed out before the answer was complete.", code="timeout") from None
+        raise ApiError(
+            504, "Request timed out before the answer was complete.", code="timeout"
+        ) from None
     finally:
         seq.cancelled = True  # whatever ended it, the engine stops working on it
 
@@ -659,7 +776,10 @@ def metrics():
 
 @router.get("/v1/models")
 def models():
-    return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "local"}]}
+    return {
+        "object": "list",
+        "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "local"}],
+    }
 
 
 # --8<-- [start:route]
@@ -670,20 +790,36 @@ async def chat_completions(body: ChatRequest, request: Request):
     reject_not_implemented(body)
     state.health.require_ready()
     messages = [message.model_dump(exclude_none=True) for message in body.messages]
-    prompt_ids, shared_prefix = await encode(state, lambda tokenizer: chat_prompt(tokenizer, messages))
+    prompt_ids, shared_prefix = await encode(
+        state, lambda tokenizer: chat_prompt(tokenizer, messages)
+    )
     tokens_name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    params = sampling_params(len(prompt_ids), state.settings.max_context,
-                             body.max_completion_tokens or body.max_tokens, tokens_name,
-                             temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(body.stop))
+    params = sampling_params(
+        len(prompt_ids),
+        state.settings.max_context,
+        body.max_completion_tokens or body.max_tokens,
+        tokens_name,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=tuple(body.stop),
+    )
     seq = start(state, prompt_ids, params, await grammar_matcher(state, body.response_format))
     seq.shared_prefix = shared_prefix
     deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
-    reply = ChatReply(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), seq,
-                      log=answer_logger(request, "/v1/chat/completions", messages, body.user))
+    reply = ChatReply(
+        f"chatcmpl-{uuid.uuid4().hex}",
+        int(time.time()),
+        seq,
+        log=answer_logger(request, "/v1/chat/completions", messages, body.user),
+    )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(reply.events(deadline, include_usage, arrived), media_type="text/event-stream",
-                                 headers={"X-Request-Id": reply.id})
+        return StreamingResponse(
+            reply.events(deadline, include_usage, arrived),
+            media_type="text/event-stream",
+            headers={"X-Request-Id": reply.id},
+        )
     finished, text = await unless_disconnected(request, whole_text(seq, deadline))
     if not finished:
         return Response(status_code=499)  # the client is gone; nobody reads this
@@ -697,8 +833,21 @@ def answer_logger(request: Request, route: str, prompt, user: str | None):
     app, arrived = request.app, time.time()
 
     async def log(request_id: str, text: str, status: int) -> None:
-        await log_answer(app, Row(request_id, arrived, route, MODEL_ID, app.state.settings.model_version, user,
-                                  json.dumps(prompt), json.dumps(text), (time.time() - arrived) * 1000, status))
+        await log_answer(
+            app,
+            Row(
+                request_id,
+                arrived,
+                route,
+                MODEL_ID,
+                app.state.settings.model_version,
+                user,
+                json.dumps(prompt),
+                json.dumps(text),
+                (time.time() - arrived) * 1000,
+                status,
+            ),
+        )
 
     return log
 
@@ -714,26 +863,50 @@ class ChatReply:
 
     def usage(self) -> dict:
         prompt, completion = len(self.seq.prompt_ids), self.seq.generated
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
 
     def completion(self, text: str) -> dict:
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": MODEL_ID,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": self.seq.finish_reason}],
-                "usage": self.usage()}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": MODEL_ID,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": self.seq.finish_reason,
+                }
+            ],
+            "usage": self.usage(),
+        }
 
     def chunk(self, choices: list, **extra) -> str:
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": MODEL_ID,
-                "choices": choices, **extra}
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": MODEL_ID,
+            "choices": choices,
+            **extra,
+        }
         return f"data: {json.dumps(body)}\n\n"
 
-    async def events(self, deadline: float, include_usage: bool, arrived: float) -> AsyncIterator[str]:
+    async def events(
+        self, deadline: float, include_usage: bool, arrived: float
+    ) -> AsyncIterator[str]:
         """Server-sent events. A failure after the stream has begun is sent as an error event,
         then [DONE] (the status line already said 200): never a silent cut. The answer is logged
         before [DONE] leaves."""
         text, status = "", 200
         try:
-            yield self.chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            yield self.chunk(
+                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+            )
             async for piece in text_pieces(self.seq, deadline):
                 text += piece
                 yield self.chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
@@ -754,9 +927,15 @@ class ChatReply:
 
 
 def error_event(status: int, message: str, code: str | None) -> str:
-    error = {"message": message, "type": "server_error" if status >= 500 else "invalid_request_error",
-             "param": None, "code": code}
+    error = {
+        "message": message,
+        "type": "server_error" if status >= 500 else "invalid_request_error",
+        "param": None,
+        "code": code,
+    }
     return f"data: {json.dumps({'error': error})}\n\n"
+
+
 # --8<-- [end:route]
 
 
@@ -767,9 +946,16 @@ async def tgi_generate(body: GenerateRequest, request: Request):
     state.health.require_ready()
     prompt_ids = await encode(state, lambda tokenizer: tokenizer(body.inputs)["input_ids"])
     settings = body.parameters
-    params = sampling_params(len(prompt_ids), state.settings.max_context, settings.max_new_tokens,
-                             "max_new_tokens", temperature=settings.temperature if settings.do_sample else 0,
-                             top_p=settings.top_p, seed=settings.seed, stop=tuple(settings.stop))
+    params = sampling_params(
+        len(prompt_ids),
+        state.settings.max_context,
+        settings.max_new_tokens,
+        "max_new_tokens",
+        temperature=settings.temperature if settings.do_sample else 0,
+        top_p=settings.top_p,
+        seed=settings.seed,
+        stop=tuple(settings.stop),
+    )
     seq = start(state, prompt_ids, params)
     deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
     finished, text = await unless_disconnected(request, whole_text(seq, deadline))
@@ -847,7 +1033,9 @@ def load(settings: Settings) -> tuple[Any, Any, Any, Any]:
     folder, gguf_file = resolve_model(settings.model)
     encoder = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     decoder = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=getattr(torch, settings.dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=gguf_file, dtype=getattr(torch, settings.dtype)
+    )
     grammar_tokenizer = llguidance.hf.from_tokenizer(encoder, n_vocab=model.config.vocab_size)
     return model.eval(), encoder, decoder, grammar_tokenizer
 
@@ -856,15 +1044,23 @@ async def load_and_start(app: FastAPI) -> None:
     """Load off the event loop, then start the engine thread; a failure turns /health to 503."""
     state, settings = app.state, app.state.settings
     try:
-        model, state.encoder, decoder, state.grammar_tokenizer = await asyncio.to_thread(load, settings)
+        model, state.encoder, decoder, state.grammar_tokenizer = await asyncio.to_thread(
+            load, settings
+        )
     except Exception as error:  # noqa: BLE001 -- reported by /health and logged with its traceback
         state.health.fail("loading the model failed", error)
         return
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos])
-    state.engine = Engine(model, decoder, eos_ids, settings.max_running, settings.max_waiting,
-                          on_fatal=lambda error: state.health.fail("the engine stopped", error),
-                          prefix_cache_size=settings.prefix_cache)
+    state.engine = Engine(
+        model,
+        decoder,
+        eos_ids,
+        settings.max_running,
+        settings.max_waiting,
+        on_fatal=lambda error: state.health.fail("the engine stopped", error),
+        prefix_cache_size=settings.prefix_cache,
+    )
     threading.Thread(target=state.engine.run_forever, name="engine", daemon=True).start()
     state.health.phase = "ready"
 
@@ -889,43 +1085,86 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     open_request_log(app, settings.log_db, settings.log_sync)
-    add_middleware(app, Metrics, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins)
+    add_middleware(
+        app, Metrics, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins
+    )
     return app
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="OpenAI-compatible chat server with continuous batching")
+    parser = argparse.ArgumentParser(
+        description="OpenAI-compatible chat server with continuous batching"
+    )
     add_server_arguments(parser)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model folder or .gguf file")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                        help="bfloat16 halves memory; float32 makes batched greedy output exact")
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="model folder or .gguf file"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="bfloat16 halves memory; float32 makes batched greedy output exact",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--max-running", type=int, default=16, help="sequences decoded together")
     parser.add_argument("--max-waiting", type=int, default=64, help="queued requests before 503")
-    parser.add_argument("--max-context", type=int, default=2048, help="prompt + output tokens per request")
-    parser.add_argument("--request-timeout", type=float, default=600, help="seconds before a request fails (504)")
-    parser.add_argument("--drain-seconds", type=float, default=30, help="how long SIGTERM waits for streams")
-    parser.add_argument("--model-version", help="the version the request log records (default: folder and dtype)")
-    parser.add_argument("--prefix-cache", type=int, default=8, help="system prompts whose KV cache is kept (0: off)")
+    parser.add_argument(
+        "--max-context", type=int, default=2048, help="prompt + output tokens per request"
+    )
+    parser.add_argument(
+        "--request-timeout", type=float, default=600, help="seconds before a request fails (504)"
+    )
+    parser.add_argument(
+        "--drain-seconds", type=float, default=30, help="how long SIGTERM waits for streams"
+    )
+    parser.add_argument(
+        "--model-version", help="the version the request log records (default: folder and dtype)"
+    )
+    parser.add_argument(
+        "--prefix-cache", type=int, default=8, help="system prompts whose KV cache is kept (0: off)"
+    )
     args = parser.parse_args()
     api_keys = check_server_arguments(parser, args)
-    if min(args.threads, args.max_running, args.max_waiting, args.max_context) < 1 or args.request_timeout <= 0 \
-            or args.prefix_cache < 0:
-        parser.error("--threads, --max-running, --max-waiting and --max-context must be >= 1, "
-                     "--request-timeout > 0, --prefix-cache >= 0")
+    if (
+        min(args.threads, args.max_running, args.max_waiting, args.max_context) < 1
+        or args.request_timeout <= 0
+        or args.prefix_cache < 0
+    ):
+        parser.error(
+            "--threads, --max-running, --max-waiting and --max-context must be >= 1, "
+            "--request-timeout > 0, --prefix-cache >= 0"
+        )
     if args.model != DEFAULT_MODEL and not args.model.exists():
         parser.error(f"--model: no such file or folder: {args.model}")
-    settings = Settings(args.model, args.dtype, args.threads, args.max_running, args.max_waiting,
-                        args.max_context, args.request_timeout, api_keys, args.rate_limit, args.cors_origin,
-                        args.log_db, args.log_sync, args.model_version or f"{args.model.name}-{args.dtype}",
-                        args.prefix_cache)
+    settings = Settings(
+        args.model,
+        args.dtype,
+        args.threads,
+        args.max_running,
+        args.max_waiting,
+        args.max_context,
+        args.request_timeout,
+        api_keys,
+        args.rate_limit,
+        args.cors_origin,
+        args.log_db,
+        args.log_sync,
+        args.model_version or f"{args.model.name}-{args.dtype}",
+        args.prefix_cache,
+    )
     configure_logging()
     # The engine thread holds the GIL between torch ops; a short switch interval lets the event loop
     # take it back within a millisecond to send a token, instead of the default 5 ms.
     sys.setswitchinterval(0.001)
     app = create_app(settings)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=args.drain_seconds)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=args.drain_seconds,
+    )
     DrainingServer(config, app.state.health).run()
 
 

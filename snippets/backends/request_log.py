@@ -73,7 +73,9 @@ def migrate(conn: sqlite3.Connection) -> None:
     """Apply the migrations this file has and the database lacks, each in its own transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
-        raise RuntimeError(f"request log has schema version {version}; this code knows up to {SCHEMA_VERSION}")
+        raise RuntimeError(
+            f"request log has schema version {version}; this code knows up to {SCHEMA_VERSION}"
+        )
     for target in range(version + 1, SCHEMA_VERSION + 1):
         conn.executescript(f"BEGIN; {MIGRATIONS[target]}; PRAGMA user_version = {target}; COMMIT;")
 
@@ -119,14 +121,22 @@ class RequestLog:
     async def record(self, row: Row) -> None:
         await self.run(lambda conn: conn.execute(INSERT, astuple(row)))
 
-    async def feedback(self, request_id: str, rating: int, correction: str | None, comment: str | None) -> bool:
+    async def feedback(
+        self, request_id: str, rating: int, correction: str | None, comment: str | None
+    ) -> bool:
         """Attach feedback to a logged request (a repeat replaces the earlier one). False if the
         id is unknown."""
+
         def upsert(conn: sqlite3.Connection) -> bool:
-            if conn.execute("SELECT 1 FROM requests WHERE id = ?", (request_id,)).fetchone() is None:
+            if (
+                conn.execute("SELECT 1 FROM requests WHERE id = ?", (request_id,)).fetchone()
+                is None
+            ):
                 return False
-            conn.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?)",
-                         (request_id, rating, correction, comment, time.time()))
+            conn.execute(
+                "INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?)",
+                (request_id, rating, correction, comment, time.time()),
+            )
             return True
 
         return await self.run(upsert)
@@ -166,6 +176,8 @@ class RequestLog:
         self.jobs.put(None)
         self.thread.join()
         self.conn.close()
+
+
 # --8<-- [end:writer]
 
 
@@ -184,12 +196,18 @@ def delete_user(conn: sqlite3.Connection, user: str) -> int:
 def purge_older_than(conn: sqlite3.Connection, days: float) -> int:
     """Retention: drop requests (and their feedback) older than `days`."""
     with conn:
-        return conn.execute("DELETE FROM requests WHERE created_at < ?", (time.time() - days * 86400,)).rowcount
+        return conn.execute(
+            "DELETE FROM requests WHERE created_at < ?", (time.time() - days * 86400,)
+        ).rowcount
+
+
 # --8<-- [end:retention]
 
 
 def stats(conn: sqlite3.Connection) -> dict:
-    rows = conn.execute("SELECT route, model_version, COUNT(*) FROM requests GROUP BY 1, 2 ORDER BY 1, 2")
+    rows = conn.execute(
+        "SELECT route, model_version, COUNT(*) FROM requests GROUP BY 1, 2 ORDER BY 1, 2"
+    )
     rated = conn.execute("SELECT COUNT(*), COALESCE(SUM(rating = 1), 0) FROM feedback").fetchone()
     return {"requests": [list(r) for r in rows], "feedback": rated[0], "thumbs_up": rated[1]}
 
@@ -197,9 +215,11 @@ def stats(conn: sqlite3.Connection) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Inspect and prune a request log")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("stats", "counts per route and model version"),
-                       ("delete-user", "erase one caller's requests and feedback"),
-                       ("purge", "drop requests older than a number of days")):
+    for name, text in (
+        ("stats", "counts per route and model version"),
+        ("delete-user", "erase one caller's requests and feedback"),
+        ("purge", "drop requests older than a number of days"),
+    ):
         command = commands.add_parser(name, help=text)
         command.add_argument("db", type=Path)
     commands.choices["delete-user"].add_argument("user")

@@ -43,15 +43,26 @@ OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/openapi.json"})  # pro
 class ApiError(Exception):
     """An error to send to the client as an OpenAI-style JSON body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
         self.code, self.headers = code, headers
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   headers: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
     err_type = "invalid_request_error" if status < 500 else "server_error"
     body = {"error": {"message": message, "type": err_type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -73,7 +84,10 @@ def describe_validation_error(error: dict) -> tuple[str, str | None]:
     if error["type"] == "missing" and not path:
         return "Request body is empty; send a JSON object.", None
     if error["type"] == "model_attributes_type" and not path:
-        return "Request body must be a JSON object sent with 'Content-Type: application/json'.", None
+        return (
+            "Request body must be a JSON object sent with 'Content-Type: application/json'.",
+            None,
+        )
     if error["type"] == "extra_forbidden":
         return f"Unrecognized request argument supplied: {path}.", path
     if error["type"] == "missing":
@@ -107,6 +121,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, error: Exception):
         log.exception("unexpected error on %s", request.url.path)
         return error_response(500, "Internal error; it has been logged.")
+
+
 # --8<-- [end:errors]
 
 
@@ -136,8 +152,9 @@ class Guard:
     Pure ASGI (not @app.middleware("http")) so that streamed responses pass through untouched.
     """
 
-    def __init__(self, app, api_keys: list[str], rate_limit_per_minute: float | None,
-                 max_body_bytes: int):
+    def __init__(
+        self, app, api_keys: list[str], rate_limit_per_minute: float | None, max_body_bytes: int
+    ):
         self.app, self.max_body_bytes = app, max_body_bytes
         self.key_hashes = [key_hash(key) for key in api_keys]  # the keys themselves are not kept
         self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute else None
@@ -148,17 +165,28 @@ class Guard:
         headers = dict(scope["headers"])
         caller = self.authenticate(headers.get(b"authorization", b""))
         if caller is None:
-            response = error_response(401, "Missing or wrong API key (send 'Authorization: Bearer <key>').",
-                                      code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            response = error_response(
+                401,
+                "Missing or wrong API key (send 'Authorization: Bearer <key>').",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
             return await response(scope, receive, send)
         if self.limiter and (wait := self.limiter.retry_after(caller or scope["client"][0])):
-            response = error_response(429, f"Rate limit reached for this key; retry in {wait} s.",
-                                      code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
+            response = error_response(
+                429,
+                f"Rate limit reached for this key; retry in {wait} s.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(wait)},
+            )
             return await response(scope, receive, send)
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            response = error_response(413, f"Request body is {int(declared)} bytes; the limit is "
-                                           f"{self.max_body_bytes}.", code="body_too_large")
+            response = error_response(
+                413,
+                f"Request body is {int(declared)} bytes; the limit is {self.max_body_bytes}.",
+                code="body_too_large",
+            )
             return await response(scope, receive, send)
         await self.app(scope, self.counting(receive), send)
 
@@ -183,11 +211,16 @@ class Guard:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_body_bytes:
-                raise ApiError(413, f"Request body exceeds the limit of {self.max_body_bytes} bytes.",
-                               code="body_too_large")
+                raise ApiError(
+                    413,
+                    f"Request body exceeds the limit of {self.max_body_bytes} bytes.",
+                    code="body_too_large",
+                )
             return message
 
         return receive_counted
+
+
 # --8<-- [end:guard]
 
 
@@ -212,17 +245,40 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """The options both servers share: address, keys, rate limit."""
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", action="append", metavar="KEY",
-                        help="require 'Authorization: Bearer KEY' (repeat for several keys)")
-    parser.add_argument("--api-keys", type=Path, metavar="FILE", help="a file of keys, one per line")
-    parser.add_argument("--rate-limit", type=float, metavar="N",
-                        help="requests per minute allowed per key (per client address without keys)")
-    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                        help="let a web page from ORIGIN (e.g. http://127.0.0.1:5500) call the API (repeatable)")
-    parser.add_argument("--log-db", type=Path, metavar="PATH",
-                        help="log every answer to this SQLite file and accept POST /v1/feedback")
-    parser.add_argument("--log-sync", choices=["NORMAL", "FULL"], default="NORMAL",
-                        help="NORMAL survives a crash of the server; FULL also a power cut, at an fsync per commit")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' (repeat for several keys)",
+    )
+    parser.add_argument(
+        "--api-keys", type=Path, metavar="FILE", help="a file of keys, one per line"
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="N",
+        help="requests per minute allowed per key (per client address without keys)",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let a web page from ORIGIN (e.g. http://127.0.0.1:5500) call the API (repeatable)",
+    )
+    parser.add_argument(
+        "--log-db",
+        type=Path,
+        metavar="PATH",
+        help="log every answer to this SQLite file and accept POST /v1/feedback",
+    )
+    parser.add_argument(
+        "--log-sync",
+        choices=["NORMAL", "FULL"],
+        default="NORMAL",
+        help="NORMAL survives a crash of the server; FULL also a power cut, at an fsync per commit",
+    )
 
 
 def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
@@ -254,10 +310,16 @@ feedback_router = APIRouter()
 async def feedback(body: Feedback, request: Request):
     """Attach a thumbs up or down (and an optional correction) to a logged answer; a repeat
     replaces the earlier rating. Served only when the server keeps a request log."""
-    found = await request.app.state.request_log.feedback(body.id, body.rating, body.correction, body.comment)
+    found = await request.app.state.request_log.feedback(
+        body.id, body.rating, body.correction, body.comment
+    )
     if not found:
-        raise ApiError(404, f"No logged request has the id '{body.id}'.", param="id", code="not_found")
+        raise ApiError(
+            404, f"No logged request has the id '{body.id}'.", param="id", code="not_found"
+        )
     return {"id": body.id, "rating": body.rating, "status": "recorded"}
+
+
 # --8<-- [end:feedback]
 
 
@@ -301,7 +363,9 @@ class Health:
     def require_ready(self) -> None:
         """Refuse work unless ready: 503 with the reason a client can act on."""
         if self.phase == "loading":
-            raise ApiError(503, "Model is still loading.", code="not_ready", headers={"Retry-After": "5"})
+            raise ApiError(
+                503, "Model is still loading.", code="not_ready", headers={"Retry-After": "5"}
+            )
         if self.phase == "draining":
             raise ApiError(503, "Server is shutting down.", code="shutting_down")
         if self.phase == "failed":
@@ -344,16 +408,31 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def add_middleware(app: FastAPI, metrics, api_keys: list[str], rate_limit: float | None,
-                   max_body_bytes: int, cors_origins: list[str]) -> None:
+def add_middleware(
+    app: FastAPI,
+    metrics,
+    api_keys: list[str],
+    rate_limit: float | None,
+    max_body_bytes: int,
+    cors_origins: list[str],
+) -> None:
     """The middleware stack, outermost first: CORS (a browser's preflight is answered before any
     key check), metrics (which then also count 401, 413 and 429), then the guard."""
-    app.add_middleware(Guard, api_keys=api_keys, rate_limit_per_minute=rate_limit, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        Guard, api_keys=api_keys, rate_limit_per_minute=rate_limit, max_body_bytes=max_body_bytes
+    )
     app.add_middleware(metrics)
     if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-Id"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Request-Id"],
+        )
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )

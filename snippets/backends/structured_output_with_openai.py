@@ -17,7 +17,11 @@ CITY = {
     "properties": {
         "city": {"type": "string", "maxLength": 40},
         "country": {"type": "string", "maxLength": 40},
-        "population_millions": {"type": "integer", "minimum": 0, "maximum": 50},  # bounds close a number
+        "population_millions": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 50,
+        },  # bounds close a number
         "is_capital": {"type": "boolean"},
     },
     "required": ["city", "country", "population_millions", "is_capital"],
@@ -32,8 +36,13 @@ args = parser.parse_args()
 client = OpenAI(base_url=f"{args.url}/v1", api_key="not-needed")
 reply = client.chat.completions.create(
     model=args.model,
-    messages=[{"role": "user", "content": "Describe Paris as JSON: city, country, population, capital?"}],
-    response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY, "strict": True}},
+    messages=[
+        {"role": "user", "content": "Describe Paris as JSON: city, country, population, capital?"}
+    ],
+    response_format={
+        "type": "json_schema",
+        "json_schema": {"name": "city", "schema": CITY, "strict": True},
+    },
     max_tokens=100,
     temperature=0,
 )

@@ -11,7 +11,9 @@ import argparse
 SECONDS_PER_HOUR = 3600
 
 
-def cost_per_request(price_per_hour: float, requests_per_second: float, utilisation: float = 1.0) -> float:
+def cost_per_request(
+    price_per_hour: float, requests_per_second: float, utilisation: float = 1.0
+) -> float:
     """Dollars per request for a server that is busy `utilisation` of the time (0 < u <= 1)."""
     if price_per_hour < 0:
         raise ValueError("price_per_hour must be >= 0")
@@ -23,7 +25,9 @@ def cost_per_request(price_per_hour: float, requests_per_second: float, utilisat
     return price_per_hour / served_per_hour
 
 
-def cost_per_million_tokens(price_per_hour: float, tokens_per_second: float, utilisation: float = 1.0) -> float:
+def cost_per_million_tokens(
+    price_per_hour: float, tokens_per_second: float, utilisation: float = 1.0
+) -> float:
     """Dollars per 1M generated tokens: the unit LLM API prices are quoted in."""
     return cost_per_request(price_per_hour, tokens_per_second, utilisation) * 1_000_000
 
@@ -31,7 +35,9 @@ def cost_per_million_tokens(price_per_hour: float, tokens_per_second: float, uti
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--price-per-hour", type=float, required=True, help="dollars per hour")
-    parser.add_argument("--requests-per-second", type=float, required=True, help="measured throughput")
+    parser.add_argument(
+        "--requests-per-second", type=float, required=True, help="measured throughput"
+    )
     parser.add_argument("--utilisation", type=float, default=1.0, help="busy fraction, (0, 1]")
     args = parser.parse_args()
     try:

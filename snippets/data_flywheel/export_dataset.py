@@ -123,15 +123,23 @@ def classification_example(record: sqlite3.Row) -> Example | str:
         return "no label (rated -1 without a correction, or no output)"
     counts = Counter()
     text, label = _redacted(text, counts), _redacted(label.strip(), counts)
-    return Example({"text": text, "label": label}, normalise(text), record["created_at"],
-                   record["model_version"], counts)
+    return Example(
+        {"text": text, "label": label},
+        normalise(text),
+        record["created_at"],
+        record["model_version"],
+        counts,
+    )
 
 
 def chat_example(record: sqlite3.Row) -> Example | str:
     """{"messages": [...the request's messages, the reviewed assistant answer]}."""
     messages = _loads(record["input"])
-    if not (isinstance(messages, list) and messages
-            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
+    if not (
+        isinstance(messages, list)
+        and messages
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
+    ):
         return "not a chat request (input is not a list of text messages)"
     answer = reviewed_answer(record["rating"], record["correction"], _loads(record["output"]))
     if answer is None:
@@ -140,8 +148,13 @@ def chat_example(record: sqlite3.Row) -> Example | str:
     messages = [{**m, "content": _redacted(m["content"], counts)} for m in messages]
     messages.append({"role": "assistant", "content": _redacted(answer, counts)})
     prompt = "\n".join(f"{m['role']}: {m['content']}" for m in messages[:-1])
-    return Example({"messages": messages}, normalise(prompt), record["created_at"],
-                   record["model_version"], counts)
+    return Example(
+        {"messages": messages},
+        normalise(prompt),
+        record["created_at"],
+        record["model_version"],
+        counts,
+    )
 
 
 def collect(db: sqlite3.Connection, task: str, since: float, until: float):
@@ -177,8 +190,12 @@ def data_card(task, splits, dropped, source, since, until, eval_fraction) -> dic
         "filter": {"since": since, "until": until},
         "date_range": {"first": _iso(min(times)), "last": _iso(max(times))} if times else None,
         "examples": {name: len(rows) for name, rows in splits.items()},
-        "labels": {name: dict(sorted(Counter(e.row["label"] for e in rows).items()))
-                   for name, rows in splits.items()} if task == "classification" else None,
+        "labels": {
+            name: dict(sorted(Counter(e.row["label"] for e in rows).items()))
+            for name, rows in splits.items()
+        }
+        if task == "classification"
+        else None,
         "model_versions": dict(sorted(Counter(e.model_version for e in everything).items())),
         "redactions": dict(sorted(sum((e.redactions for e in everything), Counter()).items())),
         "dropped": dict(dropped.most_common()),
@@ -193,8 +210,11 @@ def _listing(counts: dict, template: str = "{} {}") -> str:
 def card_markdown(card: dict) -> str:
     """The data card as a Markdown page, for people."""
     dates, window = card["date_range"] or {"first": "-", "last": "-"}, card["filter"]
-    limits = [f"{word} {window[key]}" for key, word in (("since", "from"), ("until", "before"))
-              if window[key]]
+    limits = [
+        f"{word} {window[key]}"
+        for key, word in (("since", "from"), ("until", "before"))
+        if window[key]
+    ]
     lines = [
         f"# Data card: {card['task']} export",
         "",
@@ -226,8 +246,14 @@ def parse_time(value: str | None, default: float) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
-def export(log: Path, task: str, out: Path, since: str | None = None, until: str | None = None,
-           eval_fraction: float = 0.2) -> dict:
+def export(
+    log: Path,
+    task: str,
+    out: Path,
+    since: str | None = None,
+    until: str | None = None,
+    eval_fraction: float = 0.2,
+) -> dict:
     """Write train.jsonl, eval.jsonl, data_card.json and data_card.md to `out`; return the card."""
     start, end = parse_time(since, 0.0), parse_time(until, float("inf"))
     db = open_log(log)
@@ -265,8 +291,10 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     n = card["examples"]
-    print(f"exported {n['train']} train and {n['eval']} eval examples to {args.out}, "
-          f"dropped {sum(card['dropped'].values())} rows (see {args.out / 'data_card.md'})")
+    print(
+        f"exported {n['train']} train and {n['eval']} eval examples to {args.out}, "
+        f"dropped {sum(card['dropped'].values())} rows (see {args.out / 'data_card.md'})"
+    )
 
 
 if __name__ == "__main__":

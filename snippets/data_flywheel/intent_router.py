@@ -29,9 +29,9 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))  # the servers' shared kit
-import registry  # noqa: E402
-from request_log import Row  # noqa: E402
-from server_kit import (  # noqa: E402
+import registry
+from request_log import Row
+from server_kit import (
     ApiError,
     Guard,
     add_server_arguments,
@@ -97,19 +97,32 @@ class Deployment:
             raise ApiError(409, "No candidate is deployed.", code="no_candidate")
 
     def describe(self) -> dict:
-        return {"stable": self.stable, "candidate": self.candidate, "share": self.share,
-                "registered": registry.versions(self.registry_dir)}
+        return {
+            "stable": self.stable,
+            "candidate": self.candidate,
+            "share": self.share,
+            "registered": registry.versions(self.registry_dir),
+        }
+
+
 # --8<-- [end:deployment]
 
 
 async def embed(client: httpx.AsyncClient, texts: list[str]) -> np.ndarray:
     """Sentence embeddings from the embedding server (base64 float32, its fastest encoding)."""
-    response = await client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": texts,
-                                                         "encoding_format": "base64"})
+    response = await client.post(
+        "/v1/embeddings",
+        json={"model": "all-MiniLM-L6-v2", "input": texts, "encoding_format": "base64"},
+    )
     if response.status_code != 200:
-        raise ApiError(502, f"The embedding server answered {response.status_code}: {response.text[:200]}",
-                       code="upstream_error")
-    return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in response.json()["data"]])
+        raise ApiError(
+            502,
+            f"The embedding server answered {response.status_code}: {response.text[:200]}",
+            code="upstream_error",
+        )
+    return np.stack(
+        [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in response.json()["data"]]
+    )
 
 
 router = APIRouter()
@@ -130,10 +143,29 @@ async def classify(body: ClassifyRequest, request: Request):
     best = int(np.argmax(probabilities))
     intent = str(state.deployment.heads[version].classes_[best])
     request_id = f"cls-{uuid.uuid4().hex}"
-    await log_answer(request.app, Row(request_id, arrived, "/v1/classify", HEAD_NAME, version, body.user,
-                                      json.dumps(body.text), json.dumps(intent), (time.time() - arrived) * 1000, 200))
-    return {"id": request_id, "intent": intent, "confidence": round(float(probabilities[best]), 4),
-            "model_version": version}
+    await log_answer(
+        request.app,
+        Row(
+            request_id,
+            arrived,
+            "/v1/classify",
+            HEAD_NAME,
+            version,
+            body.user,
+            json.dumps(body.text),
+            json.dumps(intent),
+            (time.time() - arrived) * 1000,
+            200,
+        ),
+    )
+    return {
+        "id": request_id,
+        "intent": intent,
+        "confidence": round(float(probabilities[best]), 4),
+        "model_version": version,
+    }
+
+
 # --8<-- [end:classify]
 
 
@@ -168,7 +200,9 @@ async def lifespan(app: FastAPI):
     close_request_log(app)
 
 
-def create_app(deployment: Deployment, embedding_url: str, log_db: Path | None, api_keys: list[str]) -> FastAPI:
+def create_app(
+    deployment: Deployment, embedding_url: str, log_db: Path | None, api_keys: list[str]
+) -> FastAPI:
     app = FastAPI(title="Intent router with canary deployments", lifespan=lifespan)
     app.state.deployment, app.state.embedding_url = deployment, embedding_url
     install_error_handlers(app)
@@ -183,7 +217,9 @@ def main() -> None:
     add_server_arguments(parser)
     parser.add_argument("--registry", type=Path, required=True, help="the registry folder")
     parser.add_argument("--stable", required=True, help="the version that serves at start")
-    parser.add_argument("--embedding-url", default="http://127.0.0.1:8000", help="the embedding server")
+    parser.add_argument(
+        "--embedding-url", default="http://127.0.0.1:8000", help="the embedding server"
+    )
     args = parser.parse_args()
     api_keys = check_server_arguments(parser, args)
     try:

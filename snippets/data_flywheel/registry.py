@@ -24,8 +24,18 @@ def train_head(embeddings: np.ndarray, labels: list[str], seed: int = 0) -> Logi
 def save(registry: Path, version: str, head: LogisticRegression, meta: dict) -> Path:
     folder = registry / version
     folder.mkdir(parents=True, exist_ok=False)  # a version is written once, never overwritten
-    np.savez(folder / "head.npz", coef=head.coef_, intercept=head.intercept_, classes=head.classes_.astype(str))
-    meta = {"version": version, "created_at": time.time(), "classes": head.classes_.tolist(), **meta}
+    np.savez(
+        folder / "head.npz",
+        coef=head.coef_,
+        intercept=head.intercept_,
+        classes=head.classes_.astype(str),
+    )
+    meta = {
+        "version": version,
+        "created_at": time.time(),
+        "classes": head.classes_.tolist(),
+        **meta,
+    }
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 
@@ -37,7 +47,11 @@ def load(registry: Path, version: str) -> tuple[LogisticRegression, dict]:
         raise FileNotFoundError(f"no version '{version}' in {registry}")
     arrays = np.load(folder / "head.npz", allow_pickle=False)
     head = LogisticRegression()
-    head.coef_, head.intercept_, head.classes_ = arrays["coef"], arrays["intercept"], arrays["classes"]
+    head.coef_, head.intercept_, head.classes_ = (
+        arrays["coef"],
+        arrays["intercept"],
+        arrays["classes"],
+    )
     return head, json.loads((folder / "meta.json").read_text())
 
 

@@ -25,8 +25,12 @@ def accepts_feedback() -> bool:
     """Probe POST /v1/feedback with an empty body: a server that has the route rejects the body
     (400 or 422), one that has not answers 404. Like buttons are added only in the first case."""
     try:
-        probe = requests.post(f"{BASE_URL}/feedback", json={}, timeout=5,
-                              headers={"Authorization": f"Bearer {API_KEY}"})
+        probe = requests.post(
+            f"{BASE_URL}/feedback",
+            json={},
+            timeout=5,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
     except requests.RequestException:
         return False
     return probe.status_code in (400, 422)
@@ -48,18 +52,24 @@ def text_of(content) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
-def respond(message: str, history: list[dict], system_prompt: str, temperature: float,
-            ids: dict):
+def respond(message: str, history: list[dict], system_prompt: str, temperature: float, ids: dict):
     """Stream the answer: each yield is the answer so far, plus the response ids by position in
     the chat (what a like is sent for)."""
-    messages = [{"role": "system", "content": system_prompt},
-                *({"role": m["role"], "content": text_of(m["content"])} for m in history),
-                {"role": "user", "content": message}]
+    messages = [
+        {"role": "system", "content": system_prompt},
+        *({"role": m["role"], "content": text_of(m["content"])} for m in history),
+        {"role": "user", "content": message},
+    ]
     answer, position = "", len(history) + 1  # the user's message, then this answer
     try:
         model = client.models.list().data[0].id
-        stream = client.chat.completions.create(model=model, messages=messages, stream=True,
-                                                temperature=temperature, max_tokens=MAX_TOKENS)
+        stream = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            stream=True,
+            temperature=temperature,
+            max_tokens=MAX_TOKENS,
+        )
         for chunk in stream:
             ids = {**ids, position: chunk.id}
             if chunk.choices and chunk.choices[0].delta.content:
@@ -76,9 +86,12 @@ def send_rating(like: gr.LikeData, ids: dict) -> None:
     if request_id is None:
         return
     try:
-        requests.post(f"{BASE_URL}/feedback", headers={"Authorization": f"Bearer {API_KEY}"},
-                      json={"id": request_id, "rating": 1 if like.liked else -1},
-                      timeout=5).raise_for_status()
+        requests.post(
+            f"{BASE_URL}/feedback",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            json={"id": request_id, "rating": 1 if like.liked else -1},
+            timeout=5,
+        ).raise_for_status()
         gr.Info("Thanks: your rating was recorded.")
     except requests.RequestException as error:
         gr.Warning(f"Rating not recorded: {error}")
@@ -86,11 +99,15 @@ def send_rating(like: gr.LikeData, ids: dict) -> None:
 
 with gr.Blocks(title="Chat") as demo:
     ids = gr.State({})
-    settings = [gr.Textbox("You are a helpful assistant. Answer briefly.", label="System prompt",
-                           render=False),
-                gr.Slider(0.0, 2.0, value=0.7, step=0.1, label="Temperature", render=False)]
-    chat = gr.ChatInterface(respond, title="Chat", additional_inputs=[*settings, ids],
-                            additional_outputs=[ids])
+    settings = [
+        gr.Textbox(
+            "You are a helpful assistant. Answer briefly.", label="System prompt", render=False
+        ),
+        gr.Slider(0.0, 2.0, value=0.7, step=0.1, label="Temperature", render=False),
+    ]
+    chat = gr.ChatInterface(
+        respond, title="Chat", additional_inputs=[*settings, ids], additional_outputs=[ids]
+    )
     if accepts_feedback():
         chat.chatbot.like(send_rating, inputs=[ids])
     gr.Markdown(f"Server: `{BASE_URL}`")

@@ -38,8 +38,12 @@ def accepts_feedback() -> bool:
     """Probe POST /v1/feedback with an empty body: a server that has the route rejects the body
     (400 or 422), one that has not answers 404. Thumbs are shown only in the first case."""
     try:
-        probe = requests.post(f"{BASE_URL}/feedback", json={}, timeout=5,
-                              headers={"Authorization": f"Bearer {API_KEY}"})
+        probe = requests.post(
+            f"{BASE_URL}/feedback",
+            json={},
+            timeout=5,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
     except requests.RequestException:
         return False
     return probe.status_code in (400, 422)
@@ -57,8 +61,12 @@ def explain(error: Exception) -> str:
 def stream_answer(messages: list[dict], temperature: float, max_tokens: int, reply: dict):
     """Yield the answer's text pieces as they arrive; store the response id in `reply`."""
     stream = client().chat.completions.create(
-        model=model_name(), messages=messages, temperature=temperature,
-        max_tokens=max_tokens, stream=True)
+        model=model_name(),
+        messages=messages,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        stream=True,
+    )
     for chunk in stream:
         reply["id"] = chunk.id  # the id POST /v1/feedback rates
         if chunk.choices and chunk.choices[0].delta.content:
@@ -71,9 +79,12 @@ def send_rating(request_id: str) -> None:
     if value is None:
         return
     try:
-        sent = requests.post(f"{BASE_URL}/feedback", timeout=5,
-                             headers={"Authorization": f"Bearer {API_KEY}"},
-                             json={"id": request_id, "rating": 1 if value == 1 else -1})
+        sent = requests.post(
+            f"{BASE_URL}/feedback",
+            timeout=5,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            json={"id": request_id, "rating": 1 if value == 1 else -1},
+        )
         sent.raise_for_status()
         st.toast("Thanks: your rating was recorded.")
     except requests.RequestException as error:
@@ -85,8 +96,12 @@ def show_history(feedback: bool) -> None:
         with st.chat_message(message["role"]):
             st.markdown(message["content"])
             if feedback and message.get("id"):
-                st.feedback("thumbs", key=f"rating-{message['id']}", on_change=send_rating,
-                            args=(message["id"],))
+                st.feedback(
+                    "thumbs",
+                    key=f"rating-{message['id']}",
+                    on_change=send_rating,
+                    args=(message["id"],),
+                )
 
 
 st.set_page_config(page_title="Chat", page_icon=":speech_balloon:")
@@ -106,8 +121,11 @@ if question := st.chat_input("Ask the model"):
     with st.chat_message("user"):
         st.markdown(question)
     history = [{"role": m["role"], "content": m["content"]} for m in st.session_state.messages]
-    messages = [{"role": "system", "content": system_prompt}, *history,
-                {"role": "user", "content": question}]
+    messages = [
+        {"role": "system", "content": system_prompt},
+        *history,
+        {"role": "user", "content": question},
+    ]
     reply = {}
     with st.chat_message("assistant"):
         try:
@@ -115,6 +133,8 @@ if question := st.chat_input("Ask the model"):
         except (OpenAIError, httpx.HTTPError) as error:
             st.error(explain(error))
             st.stop()
-    st.session_state.messages += [{"role": "user", "content": question},
-                                  {"role": "assistant", "content": answer, "id": reply.get("id")}]
+    st.session_state.messages += [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer, "id": reply.get("id")},
+    ]
     st.rerun()  # draw the new answer with its thumbs

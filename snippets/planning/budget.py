@@ -37,8 +37,9 @@ class Traffic:
         return max(0.0, self.requests_per_day - self.peak_rps * self.peak_hours * 3600)
 
 
-def replicas_needed(peak_rps: float, capacity_rps: float, target_utilisation: float = 0.7,
-                    spare: int = 0) -> int:
+def replicas_needed(
+    peak_rps: float, capacity_rps: float, target_utilisation: float = 0.7, spare: int = 0
+) -> int:
     """Replicas to serve the peak at the target utilisation, plus `spare` for failures."""
     return math.ceil(peak_rps / (capacity_rps * target_utilisation)) + spare
 
@@ -48,9 +49,14 @@ def always_on_monthly(price_per_hour: float, replicas: int) -> float:
     return price_per_hour * replicas * HOURS_PER_MONTH
 
 
-def offpeak_replica_hours(traffic: Traffic, capacity_rps: float, min_replicas: int = 0,
-                          target_utilisation: float = 0.7, request_seconds: float = 0.0,
-                          idle_timeout_s: float = IDLE_TIMEOUT_S) -> float:
+def offpeak_replica_hours(
+    traffic: Traffic,
+    capacity_rps: float,
+    min_replicas: int = 0,
+    target_utilisation: float = 0.7,
+    request_seconds: float = 0.0,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+) -> float:
     """Replica-hours billed per day outside the peak window.
 
     Requests further apart than the idle timeout (plus their own duration) let a replica sleep between
@@ -67,11 +73,19 @@ def offpeak_replica_hours(traffic: Traffic, capacity_rps: float, min_replicas: i
     return max(floor, needed * hours)
 
 
-def autoscaled_monthly(price_per_hour: float, traffic: Traffic, peak_replicas: int, capacity_rps: float,
-                       min_replicas: int = 0, target_utilisation: float = 0.7,
-                       request_seconds: float = 0.0) -> float:
+def autoscaled_monthly(
+    price_per_hour: float,
+    traffic: Traffic,
+    peak_replicas: int,
+    capacity_rps: float,
+    min_replicas: int = 0,
+    target_utilisation: float = 0.7,
+    request_seconds: float = 0.0,
+) -> float:
     """An autoscaled host: the peak replicas through the peak window, the off-peak need for the rest."""
-    offpeak = offpeak_replica_hours(traffic, capacity_rps, min_replicas, target_utilisation, request_seconds)
+    offpeak = offpeak_replica_hours(
+        traffic, capacity_rps, min_replicas, target_utilisation, request_seconds
+    )
     return price_per_hour * (peak_replicas * traffic.peak_hours + offpeak) * DAYS_PER_MONTH
 
 
@@ -79,16 +93,28 @@ def per_request(monthly: float, requests_per_day: float) -> float:
     return monthly / (requests_per_day * DAYS_PER_MONTH)
 
 
-def api_monthly(requests_per_day: float, input_tokens: int, output_tokens: int,
-                input_per_million: float, output_per_million: float) -> float:
+def api_monthly(
+    requests_per_day: float,
+    input_tokens: int,
+    output_tokens: int,
+    input_per_million: float,
+    output_per_million: float,
+) -> float:
     per_call = (input_tokens * input_per_million + output_tokens * output_per_million) / 1e6
     return per_call * requests_per_day * DAYS_PER_MONTH
 
 
-def break_even_requests_per_day(monthly_self_hosted: float, input_tokens: int, output_tokens: int,
-                                input_per_million: float, output_per_million: float) -> float:
+def break_even_requests_per_day(
+    monthly_self_hosted: float,
+    input_tokens: int,
+    output_tokens: int,
+    input_per_million: float,
+    output_per_million: float,
+) -> float:
     """Daily volume above which a fixed monthly self-hosted cost beats paying per token."""
-    return monthly_self_hosted / api_monthly(1, input_tokens, output_tokens, input_per_million, output_per_million)
+    return monthly_self_hosted / api_monthly(
+        1, input_tokens, output_tokens, input_per_million, output_per_million
+    )
 
 
 if __name__ == "__main__":
@@ -100,4 +126,6 @@ if __name__ == "__main__":
     if args.price_per_hour < 0 or args.replicas < 1 or args.requests_per_day <= 0:
         parser.exit(2, "error: price must be >= 0, replicas >= 1, requests per day > 0\n")
     monthly = always_on_monthly(args.price_per_hour, args.replicas)
-    print(f"${monthly:,.0f} per month, ${per_request(monthly, args.requests_per_day) * 1000:.3f} per 1,000 requests")
+    print(
+        f"${monthly:,.0f} per month, ${per_request(monthly, args.requests_per_day) * 1000:.3f} per 1,000 requests"
+    )

@@ -19,10 +19,21 @@ import json
 import math
 from pathlib import Path
 
-BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "float16": 2, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1,
-         "int4": 0.5}
+BYTES = {
+    "float32": 4,
+    "fp32": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "bf16": 2,
+    "fp16": 2,
+    "fp8": 1,
+    "int8": 1,
+    "int4": 0.5,
+}
 GROUP_SIZE = 128  # int4 AWQ / GPTQ checkpoints: one scale and one zero point per 128 weights
-GROUP_OVERHEAD = {"int4": (2 + 0.5) / GROUP_SIZE}  # bytes per weight: a 16-bit scale and a 4-bit zero point
+GROUP_OVERHEAD = {
+    "int4": (2 + 0.5) / GROUP_SIZE
+}  # bytes per weight: a 16-bit scale and a 4-bit zero point
 QUANTIZED = ("fp8", "int8", "int4")
 ACTIVATION_BYTES = 2  # the hidden state that tensor-parallel all-reduces carry is 16-bit
 
@@ -31,11 +42,15 @@ def shape(config: dict) -> dict:
     """The few numbers every estimate needs, with the defaults transformers uses."""
     heads = config["num_attention_heads"]
     return {
-        "hidden": config["hidden_size"], "layers": config["num_hidden_layers"], "heads": heads,
+        "hidden": config["hidden_size"],
+        "layers": config["num_hidden_layers"],
+        "heads": heads,
         "kv_heads": config.get("num_key_value_heads", heads),
         "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
-        "intermediate": config["intermediate_size"], "vocab": config["vocab_size"],
-        "tied": config.get("tie_word_embeddings", False), "type": config.get("model_type", "llama"),
+        "intermediate": config["intermediate_size"],
+        "vocab": config["vocab_size"],
+        "tied": config.get("tie_word_embeddings", False),
+        "type": config.get("model_type", "llama"),
     }
 
 
@@ -45,7 +60,9 @@ def linear_parameter_count(config: dict) -> int:
     h, kv_dim = s["hidden"], s["kv_heads"] * s["head_dim"]
     if s["type"] == "bert":
         return s["layers"] * (4 * h * h + 2 * h * s["intermediate"])
-    return s["layers"] * (h * s["heads"] * s["head_dim"] * 2 + h * kv_dim * 2 + 3 * h * s["intermediate"])
+    return s["layers"] * (
+        h * s["heads"] * s["head_dim"] * 2 + h * kv_dim * 2 + 3 * h * s["intermediate"]
+    )
 
 
 def parameter_count(config: dict) -> int:
@@ -53,9 +70,15 @@ def parameter_count(config: dict) -> int:
     s = shape(config)
     h, kv_dim = s["hidden"], s["kv_heads"] * s["head_dim"]
     if s["type"] == "bert":
-        biases_and_norms = s["layers"] * (4 * h + s["intermediate"] + h + 4 * h)  # q, k, v, o, MLP; 2 LayerNorms
-        embeddings = (s["vocab"] + config["max_position_embeddings"] + config.get("type_vocab_size", 2)) * h + 2 * h
-        return embeddings + linear_parameter_count(config) + biases_and_norms + h * h + h  # + pooler
+        biases_and_norms = s["layers"] * (
+            4 * h + s["intermediate"] + h + 4 * h
+        )  # q, k, v, o, MLP; 2 LayerNorms
+        embeddings = (
+            s["vocab"] + config["max_position_embeddings"] + config.get("type_vocab_size", 2)
+        ) * h + 2 * h
+        return (
+            embeddings + linear_parameter_count(config) + biases_and_norms + h * h + h
+        )  # + pooler
     biases = s["layers"] * (s["heads"] * s["head_dim"] + 2 * kv_dim) if s["type"] == "qwen2" else 0
     norms = s["layers"] * 2 * h + h
     embeddings = s["vocab"] * h * (1 if s["tied"] else 2)
@@ -82,8 +105,15 @@ def kv_bytes_per_token(config: dict, dtype: str = "bfloat16", tp: int = 1) -> fl
     return 2 * s["layers"] * kv_heads_per_gpu(config, tp) * s["head_dim"] * BYTES[dtype]
 
 
-def sequences_that_fit(config: dict, gpu_bytes: float, tokens_per_sequence: int, dtype: str = "bfloat16",
-                       reserve: float = 0.10, kv_dtype: str | None = None, tp: int = 1) -> int:
+def sequences_that_fit(
+    config: dict,
+    gpu_bytes: float,
+    tokens_per_sequence: int,
+    dtype: str = "bfloat16",
+    reserve: float = 0.10,
+    kv_dtype: str | None = None,
+    tp: int = 1,
+) -> int:
     """Concurrent sequences whose KV cache fits beside the weights on each GPU, keeping `reserve` for the runtime."""
     free = gpu_bytes * (1 - reserve) - weight_bytes(config, dtype) / tp
     per_sequence = kv_bytes_per_token(config, kv_dtype or dtype, tp) * tokens_per_sequence
@@ -95,11 +125,20 @@ def prefill_flops(config: dict, tokens: int) -> float:
     return 2 * parameter_count(config) * tokens + s["layers"] * tokens**2 * s["hidden"]
 
 
-def decode_tokens_per_second_bound(config: dict, bandwidth_bytes_s: float, batch: int = 1, context: int = 0,
-                                   dtype: str = "bfloat16", kv_dtype: str | None = None, tp: int = 1) -> float:
+def decode_tokens_per_second_bound(
+    config: dict,
+    bandwidth_bytes_s: float,
+    batch: int = 1,
+    context: int = 0,
+    dtype: str = "bfloat16",
+    kv_dtype: str | None = None,
+    tp: int = 1,
+) -> float:
     """Upper bound from memory bandwidth: each step every GPU reads its share of the weights once plus its
     share of every sequence's KV cache; the `tp` GPUs read in parallel."""
-    step_bytes = weight_bytes(config, dtype) / tp + batch * context * kv_bytes_per_token(config, kv_dtype or dtype, tp)
+    step_bytes = weight_bytes(config, dtype) / tp + batch * context * kv_bytes_per_token(
+        config, kv_dtype or dtype, tp
+    )
     return batch * bandwidth_bytes_s / step_bytes
 
 
@@ -110,22 +149,33 @@ def allreduce_bytes_per_token(config: dict, tp: int) -> float:
     return s["layers"] * 2 * 2 * (tp - 1) / tp * s["hidden"] * ACTIVATION_BYTES
 
 
-def tensor_parallel_layout(config: dict, tp: int, dtype: str = "bfloat16", kv_dtype: str | None = None) -> dict:
+def tensor_parallel_layout(
+    config: dict, tp: int, dtype: str = "bfloat16", kv_dtype: str | None = None
+) -> dict:
     """What one GPU of a `tp`-way group holds and sends."""
-    return {"tp": tp, "weights_per_gpu": weight_bytes(config, dtype) / tp,
-            "kv_per_token_per_gpu": kv_bytes_per_token(config, kv_dtype or dtype, tp),
-            "allreduce_per_token": allreduce_bytes_per_token(config, tp)}
+    return {
+        "tp": tp,
+        "weights_per_gpu": weight_bytes(config, dtype) / tp,
+        "kv_per_token_per_gpu": kv_bytes_per_token(config, kv_dtype or dtype, tp),
+        "allreduce_per_token": allreduce_bytes_per_token(config, tp),
+    }
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path, help="a transformers config.json")
     parser.add_argument("--dtype", choices=list(BYTES), default="bfloat16", help="weights")
-    parser.add_argument("--kv-dtype", choices=list(BYTES), help="KV cache (default: as the weights)")
-    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (GPUs per replica)")
+    parser.add_argument(
+        "--kv-dtype", choices=list(BYTES), help="KV cache (default: as the weights)"
+    )
+    parser.add_argument(
+        "--tp", type=int, default=1, help="tensor-parallel degree (GPUs per replica)"
+    )
     parser.add_argument("--gpu-gib", type=float, default=80)
     parser.add_argument("--bandwidth-gb-s", type=float, default=3350)
-    parser.add_argument("--tokens", type=int, default=2048, help="prompt + output tokens per sequence")
+    parser.add_argument(
+        "--tokens", type=int, default=2048, help="prompt + output tokens per sequence"
+    )
     args = parser.parse_args()
     kv_dtype = args.kv_dtype or args.dtype
     try:
@@ -136,16 +186,21 @@ if __name__ == "__main__":
     if args.tp < 1:
         parser.exit(2, "error: --tp must be >= 1\n")
     layout = tensor_parallel_layout(cfg, args.tp, args.dtype, kv_dtype)
-    fit = sequences_that_fit(cfg, args.gpu_gib * 2**30, args.tokens, args.dtype, kv_dtype=kv_dtype, tp=args.tp)
-    bound = decode_tokens_per_second_bound(cfg, args.bandwidth_gb_s * 1e9, 1, args.tokens, args.dtype, kv_dtype,
-                                           args.tp)
+    fit = sequences_that_fit(
+        cfg, args.gpu_gib * 2**30, args.tokens, args.dtype, kv_dtype=kv_dtype, tp=args.tp
+    )
+    bound = decode_tokens_per_second_bound(
+        cfg, args.bandwidth_gb_s * 1e9, 1, args.tokens, args.dtype, kv_dtype, args.tp
+    )
     print(f"parameters:          {n / 1e9:.3f} B")
     print(f"weights ({args.dtype}):   {weight_bytes(cfg, args.dtype) / 2**30:.2f} GiB")
     print(f"KV cache per token:  {kv_bytes_per_token(cfg, kv_dtype) / 2**10:.1f} KiB ({kv_dtype})")
     if args.tp > 1:
-        print(f"per GPU at tp={args.tp}:     {layout['weights_per_gpu'] / 2**30:.2f} GiB of weights, "
-              f"{layout['kv_per_token_per_gpu'] / 2**10:.1f} KiB of KV cache per token, "
-              f"{layout['allreduce_per_token'] / 2**10:.0f} KiB of all-reduce traffic per token")
+        print(
+            f"per GPU at tp={args.tp}:     {layout['weights_per_gpu'] / 2**30:.2f} GiB of weights, "
+            f"{layout['kv_per_token_per_gpu'] / 2**10:.1f} KiB of KV cache per token, "
+            f"{layout['allreduce_per_token'] / 2**10:.0f} KiB of all-reduce traffic per token"
+        )
     print(f"sequences that fit:  {fit} x {args.tokens} tokens on {args.gpu_gib:g} GiB per GPU")
     print(f"prefill of {args.tokens} tokens: {prefill_flops(cfg, args.tokens) / 1e12:.2f} TFLOP")
     print(f"decode bound, batch 1: {bound:.0f} tokens/s")

@@ -31,8 +31,10 @@ def rule_exclusion(spec: dict, host: dict) -> str | None:
     if not allowed & set(host["regions"]):
         return f"no region in {', '.join(sorted(allowed))}"
     if host.get("inputs_via") and host["inputs_via"] not in allowed:
-        return (f"requests pass through {host['inputs_via']} (the provider's servers) before reaching a "
-                f"container in {', '.join(sorted(allowed))}")
+        return (
+            f"requests pass through {host['inputs_via']} (the provider's servers) before reaching a "
+            f"container in {', '.join(sorted(allowed))}"
+        )
     return None
 
 
@@ -54,5 +56,11 @@ if __name__ == "__main__":
     for host in load_hosts():
         reason = rule_exclusion(spec, host)
         price = None if reason else price_for(spec, host)
-        detail = f": {reason}" if reason else f": ${price['per_hour']:g}/h in {price['location']}" if price else ""
+        detail = (
+            f": {reason}"
+            if reason
+            else f": ${price['per_hour']:g}/h in {price['location']}"
+            if price
+            else ""
+        )
         print(f"{'out' if reason else 'kept':>4}  {host['name']}{detail}")

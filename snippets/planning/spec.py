@@ -15,23 +15,48 @@ USE_CASES = ("chat", "generation", "embedding", "classification")
 REGIONS = ("ANY", "EU", "US", "UK", "APAC")
 DTYPES = ("bf16", "fp8", "int8", "int4")
 FIELDS = {  # name: (required, check) - each check returns an error message or None
-    "name": (True, lambda v: None if isinstance(v, str) and v.strip() else "must be a non-empty string"),
-    "use_case": (True, lambda v: None if v in USE_CASES else f"must be one of {', '.join(USE_CASES)}"),
-    "model": (True, lambda v: None if isinstance(v, str) and v else "must name a model in data/model_configs.yaml"),
+    "name": (
+        True,
+        lambda v: None if isinstance(v, str) and v.strip() else "must be a non-empty string",
+    ),
+    "use_case": (
+        True,
+        lambda v: None if v in USE_CASES else f"must be one of {', '.join(USE_CASES)}",
+    ),
+    "model": (
+        True,
+        lambda v: (
+            None if isinstance(v, str) and v else "must name a model in data/model_configs.yaml"
+        ),
+    ),
     "users": (False, lambda v: positive(v, integer=True)),
     "requests_per_day": (True, lambda v: non_negative(v)),
     "peak_requests_per_second": (True, lambda v: positive(v)),
-    "peak_hours_per_day": (True, lambda v: None if number(v) and 0 < v <= 24
-                           else f"must be the hours per day at peak load, more than 0 and at most 24, got {v!r}"),
+    "peak_hours_per_day": (
+        True,
+        lambda v: (
+            None
+            if number(v) and 0 < v <= 24
+            else f"must be the hours per day at peak load, more than 0 and at most 24, got {v!r}"
+        ),
+    ),
     "input_tokens": (True, lambda v: positive(v, integer=True)),
     "output_tokens": (True, lambda v: non_negative(v, integer=True)),
     "latency_p95_ms": (True, lambda v: positive(v)),
     "ttft_p95_ms": (False, lambda v: positive(v)),
     "dtype": (False, lambda v: check_dtype(v)),
-    "availability": (True, lambda v: None if number(v) and 0 < v < 1 else "must be a fraction between 0 and 1, e.g. 0.999"),
+    "availability": (
+        True,
+        lambda v: (
+            None if number(v) and 0 < v < 1 else "must be a fraction between 0 and 1, e.g. 0.999"
+        ),
+    ),
     "privacy": (True, lambda v: check_privacy(v)),
     "budget_per_month_usd": (True, lambda v: positive(v)),
-    "quality_bar": (True, lambda v: None if isinstance(v, str) and v.strip() else "must say how quality is judged"),
+    "quality_bar": (
+        True,
+        lambda v: None if isinstance(v, str) and v.strip() else "must say how quality is judged",
+    ),
 }
 
 
@@ -71,8 +96,12 @@ def check_privacy(v) -> str | None:
 
 
 def check_dtype(v) -> str | None:
-    if not isinstance(v, dict) or not v or not set(v) <= {"weights", "kv_cache"} \
-            or not all(d in DTYPES for d in v.values()):
+    if (
+        not isinstance(v, dict)
+        or not v
+        or not set(v) <= {"weights", "kv_cache"}
+        or not all(d in DTYPES for d in v.values())
+    ):
         return f"must map weights and/or kv_cache to one of {', '.join(DTYPES)}"
     return None
 
@@ -80,15 +109,26 @@ def check_dtype(v) -> str | None:
 def check_peak_window(spec: dict, problems: list[str]) -> list[str]:
     """Cross-field checks of the traffic figures, once each of them is valid on its own."""
     fields = ("requests_per_day", "peak_requests_per_second", "peak_hours_per_day")
-    if any(p.startswith(tuple(f"'{f}'" for f in fields)) for p in problems) or not set(fields) <= spec.keys():
+    if (
+        any(p.startswith(tuple(f"'{f}'" for f in fields)) for p in problems)
+        or not set(fields) <= spec.keys()
+    ):
         return []
     per_day, peak, hours = (spec[f] for f in fields)
     if peak < per_day / 86_400:
-        return [(f"'peak_requests_per_second': below the daily average ({per_day / 86_400:.2f}/s); "
-                "the peak cannot be lower")]
+        return [
+            (
+                f"'peak_requests_per_second': below the daily average ({per_day / 86_400:.2f}/s); "
+                "the peak cannot be lower"
+            )
+        ]
     if peak * hours * 3600 > per_day:
-        return [(f"'peak_hours_per_day': {hours:g} h at the peak rate is {peak * hours * 3600:,.0f} requests, "
-                f"more than requests_per_day ({per_day:,}); at most {per_day / (peak * 3600):.2f} h")]
+        return [
+            (
+                f"'peak_hours_per_day': {hours:g} h at the peak rate is {peak * hours * 3600:,.0f} requests, "
+                f"more than requests_per_day ({per_day:,}); at most {per_day / (peak * 3600):.2f} h"
+            )
+        ]
     return []
 
 
@@ -105,8 +145,15 @@ def validate(spec: dict, known_models: set[str]) -> list[str]:
         message = check(spec[name])
         if message:
             problems.append(f"'{name}': {message}")
-    if "model" in spec and isinstance(spec["model"], str) and spec["model"] and spec["model"] not in known_models:
-        problems.append(f"'model': unknown model {spec['model']!r}; known: {', '.join(sorted(known_models))}")
+    if (
+        "model" in spec
+        and isinstance(spec["model"], str)
+        and spec["model"]
+        and spec["model"] not in known_models
+    ):
+        problems.append(
+            f"'model': unknown model {spec['model']!r}; known: {', '.join(sorted(known_models))}"
+        )
     return problems + check_peak_window(spec, problems)
 
 

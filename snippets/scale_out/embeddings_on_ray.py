@@ -19,14 +19,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
 IMPORTED_FROM = [Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "backends"]
-sys.path[:0] = [str(folder) for folder in IMPORTED_FROM]  # this file, and the embedding server's pieces
-from embedding_server import (  # noqa: E402
+sys.path[:0] = [
+    str(folder) for folder in IMPORTED_FROM
+]  # this file, and the embedding server's pieces
+from embedding_server import (
     EMBEDDING_DIM,
     MAX_TOKENS,
     MODEL_DIR,
@@ -35,7 +36,7 @@ from embedding_server import (  # noqa: E402
     load_model,
     make_embed,
 )
-from server_kit import ApiError, install_error_handlers  # noqa: E402
+from server_kit import ApiError, install_error_handlers
 
 api = FastAPI(title="Embeddings on Ray Serve")
 install_error_handlers(api)  # the same OpenAI-style error bodies as the single-process server
@@ -44,8 +45,13 @@ install_error_handlers(api)  # the same OpenAI-style error bodies as the single-
 # --8<-- [start:deployment]
 @serve.deployment(
     # Ray Serve scales replicas between these bounds to keep about 16 requests in flight on each.
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16,
-                        "upscale_delay_s": 5, "downscale_delay_s": 60},
+    autoscaling_config={
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 16,
+        "upscale_delay_s": 5,
+        "downscale_delay_s": 60,
+    },
     max_ongoing_requests=64,  # requests one replica takes at once; the rest wait at the proxy
     max_queued_requests=256,  # beyond this Ray's proxy itself answers 503 (a plain-text body)
     ray_actor_options={"num_cpus": 1},
@@ -71,28 +77,49 @@ class Embedder:
     @api.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingRequest, request: Request):
         if body.model != MODEL_NAME:
-            raise ApiError(404, f"Model '{body.model}' does not exist; this server has '{MODEL_NAME}'.",
-                           param="model", code="model_not_found")
-        if self.in_flight >= self.max_in_flight:  # refuse here, so the 503 keeps the OpenAI-style body
-            raise ApiError(503, "Server is overloaded: too many requests in flight. Retry later.",
-                           code="queue_full", headers={"Retry-After": "1"})
+            raise ApiError(
+                404,
+                f"Model '{body.model}' does not exist; this server has '{MODEL_NAME}'.",
+                param="model",
+                code="model_not_found",
+            )
+        if (
+            self.in_flight >= self.max_in_flight
+        ):  # refuse here, so the 503 keeps the OpenAI-style body
+            raise ApiError(
+                503,
+                "Server is overloaded: too many requests in flight. Retry later.",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
         self.in_flight += 1
         try:
             token_ids = self.tokenizer(body.input)["input_ids"]
             for i, ids in enumerate(token_ids):
                 if len(ids) > MAX_TOKENS:
-                    raise ApiError(400, f"'input[{i}]' has {len(ids)} tokens; the limit is {MAX_TOKENS}.",
-                                   param="input", code="context_length_exceeded")
+                    raise ApiError(
+                        400,
+                        f"'input[{i}]' has {len(ids)} tokens; the limit is {MAX_TOKENS}.",
+                        param="input",
+                        code="context_length_exceeded",
+                    )
             vectors = await asyncio.gather(*(self.embed_one(ids) for ids in token_ids))
         finally:
             self.in_flight -= 1
         replica = serve.get_replica_context().replica_id.unique_id
         n_tokens = sum(len(ids) for ids in token_ids)
-        return JSONResponse({"object": "list", "model": MODEL_NAME,
-                             "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
-                                      for i, v in enumerate(vectors)],
-                             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}},
-                            headers={"X-Replica": replica})
+        return JSONResponse(
+            {
+                "object": "list",
+                "model": MODEL_NAME,
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": v.tolist()}
+                    for i, v in enumerate(vectors)
+                ],
+                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+            },
+            headers={"X-Replica": replica},
+        )
 
     @api.get("/health")
     def health(self):
@@ -112,9 +139,16 @@ def start_ray(cpus: int) -> None:
     import ray
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["PYTHONPATH"] = os.pathsep.join(str(folder) for folder in IMPORTED_FROM)  # replicas import these
-    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=tempfile.mkdtemp(prefix="ray-"), log_to_driver=False)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        str(folder) for folder in IMPORTED_FROM
+    )  # replicas import these
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=tempfile.mkdtemp(prefix="ray-"),
+        log_to_driver=False,
+    )
 
 
 def main() -> None:
@@ -122,20 +156,30 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address of Ray's HTTP proxy")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs Ray may use on this machine")
-    parser.add_argument("--replicas", type=int, help="a fixed number of replicas instead of autoscaling")
-    parser.add_argument("--max-in-flight", type=int, default=48, help="requests per replica before 503")
+    parser.add_argument(
+        "--replicas", type=int, help="a fixed number of replicas instead of autoscaling"
+    )
+    parser.add_argument(
+        "--max-in-flight", type=int, default=48, help="requests per replica before 503"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per replica")
     args = parser.parse_args()
-    if args.port < 1 or args.cpus < 1 or (args.replicas is not None and args.replicas < 1) or args.max_in_flight < 1:
-        parser.error("--port, --cpus, --replicas and --max-in-flight must be >= 1")
+    if min(args.port, args.cpus, args.max_in_flight, args.threads, args.replicas or 1) < 1:
+        parser.error("--port, --cpus, --replicas, --max-in-flight and --threads must be >= 1")
     import ray
 
     start_ray(args.cpus)
     stop = asyncio.Event()
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        options = {"num_replicas": args.replicas, "autoscaling_config": None} if args.replicas else {}
-        serve.run(Embedder.options(**options).bind(max_in_flight=args.max_in_flight), name="embeddings",
-                  route_prefix="/")
+        options = (
+            {"num_replicas": args.replicas, "autoscaling_config": None} if args.replicas else {}
+        )
+        serve.run(
+            Embedder.options(**options).bind(args.threads, args.max_in_flight),
+            name="embeddings",
+            route_prefix="/",
+        )
         print(f"ready on http://127.0.0.1:{args.port}", flush=True)
         loop = asyncio.new_event_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -31,7 +31,9 @@ def convert(gguf_dir: Path, gguf_name: str, out_dir: Path) -> Path:
     if (out_dir / "model.safetensors").exists() and (out_dir / "config.json").exists():
         return out_dir
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-    from_gguf = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+    from_gguf = AutoModelForCausalLM.from_pretrained(
+        gguf_dir, gguf_file=gguf_name, dtype=torch.float32
+    )
     config = from_gguf.config
     del config.quantization_config  # the weights we save are plain floats, not GGUF blocks
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -9,6 +9,7 @@ it; `weights_only=False` runs the payload. safetensors cannot carry code at all.
 """
 
 import pathlib
+import pickle
 import tempfile
 
 import torch
@@ -31,7 +32,7 @@ torch.save({"weight": torch.zeros(2, 2), "extra": Payload(marker)}, checkpoint)
 
 try:
     torch.load(checkpoint, weights_only=True)
-except Exception as error:  # torch raises UnpicklingError naming the global it refused
+except pickle.UnpicklingError as error:  # it names the global it refused to load
     print(f"weights_only=True refused it: {type(error).__name__}")
 print(f"payload ran: {marker.exists()}")
 

@@ -24,7 +24,9 @@ model = AutoModel.from_pretrained(source_dir).eval()
 
 # Save: the architecture goes to config.json, the weights to model.safetensors.
 model.config.save_pretrained(out_dir)
-save_file({name: t.contiguous() for name, t in model.state_dict().items()}, out_dir / "model.safetensors")
+save_file(
+    {name: t.contiguous() for name, t in model.state_dict().items()}, out_dir / "model.safetensors"
+)
 
 # Load to serve: build the architecture from the config, then fill in the weights.
 served = AutoModel.from_config(AutoConfig.from_pretrained(out_dir)).eval()

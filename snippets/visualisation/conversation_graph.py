@@ -35,10 +35,19 @@ def load_log(path: Path | str) -> list[dict]:
         rows = conn.execute(
             "SELECT r.id, r.created_at, r.input, r.output, f.rating FROM requests r "
             "LEFT JOIN feedback f ON f.request_id = r.id "
-            "WHERE r.route = ? AND r.status = 200 ORDER BY r.created_at", (CHAT_ROUTE,)).fetchall()
-    return [{"id": id_, "created_at": created, "messages": json.loads(input_),
-                 "answer": json.loads(output) if output else "", "rating": rating}
-                for id_, created, input_, output, rating in rows]
+            "WHERE r.route = ? AND r.status = 200 ORDER BY r.created_at",
+            (CHAT_ROUTE,),
+        ).fetchall()
+    return [
+        {
+            "id": id_,
+            "created_at": created,
+            "messages": json.loads(input_),
+            "answer": json.loads(output) if output else "",
+            "rating": rating,
+        }
+        for id_, created, input_, output, rating in rows
+    ]
 
 
 def load_export(path: Path | str) -> list[dict]:
@@ -62,8 +71,14 @@ def build_graph(requests: list[dict]) -> nx.DiGraph:
         for depth, message in enumerate(path):
             node = node_id(parent, message["role"], message["content"])
             if node not in graph:
-                graph.add_node(node, role=message["role"], text=message["content"], depth=depth,
-                               requests=0, rating=None)
+                graph.add_node(
+                    node,
+                    role=message["role"],
+                    text=message["content"],
+                    depth=depth,
+                    requests=0,
+                    rating=None,
+                )
                 if depth:
                     graph.add_edge(parent, node)
             graph.nodes[node]["requests"] += 1
@@ -120,34 +135,63 @@ def draw(graph: nx.DiGraph, path: Path | str) -> None:
     ax = fig.subplots()
     for branch in (False, True):
         edges = [e for e in graph.edges if graph.edges[e]["branch"] == branch]
-        nx.draw_networkx_edges(graph, positions, edgelist=edges, ax=ax, arrows=False,
-                               style="--" if branch else "-", edge_color="#495057")
+        nx.draw_networkx_edges(
+            graph,
+            positions,
+            edgelist=edges,
+            ax=ax,
+            arrows=False,
+            style="--" if branch else "-",
+            edge_color="#495057",
+        )
     for node, (x, y) in positions.items():
         data = graph.nodes[node]
-        ax.text(x, y, label(graph, node), ha="center", va="center", fontsize=8, bbox={
-            "boxstyle": "round,pad=0.4", "facecolor": COLOURS[data["role"]],
-            "edgecolor": RATING_EDGE[data["rating"]], "linewidth": 2 if data["rating"] else 1})
+        ax.text(
+            x,
+            y,
+            label(graph, node),
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox={
+                "boxstyle": "round,pad=0.4",
+                "facecolor": COLOURS[data["role"]],
+                "edgecolor": RATING_EDGE[data["rating"]],
+                "linewidth": 2 if data["rating"] else 1,
+            },
+        )
     ax.set_xlim(-0.7, width - 0.3)
     ax.set_ylim(-depth + 0.5, 0.5)
     ax.axis("off")
-    fig.text(0.01, 0.01, "blue: question, green: answer; border green: thumbs up, red: thumbs "
-             "down; dashed: a branch (regenerated answer or edited question)", fontsize=8,
-             color="#495057")
+    fig.text(
+        0.01,
+        0.01,
+        "blue: question, green: answer; border green: thumbs up, red: thumbs "
+        "down; dashed: a branch (regenerated answer or edited question)",
+        fontsize=8,
+        color="#495057",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def to_dot(graph: nx.DiGraph) -> str:
     """The graph in Graphviz's DOT language, for st.graphviz_chart (drawn in the browser)."""
+
     def quoted(text: str) -> str:
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
-    lines = ["digraph conversations {", "rankdir=TB;",
-             'node [shape=box, style="rounded,filled", fontname="sans-serif", fontsize=10];']
+    lines = [
+        "digraph conversations {",
+        "rankdir=TB;",
+        'node [shape=box, style="rounded,filled", fontname="sans-serif", fontsize=10];',
+    ]
     for node, data in graph.nodes(data=True):
-        lines.append(f"{quoted(node)} [label={quoted(label(graph, node, 24))}, "
-                     f"fillcolor={quoted(COLOURS[data['role']])}, "
-                     f"color={quoted(RATING_EDGE[data['rating']])}];")
+        lines.append(
+            f"{quoted(node)} [label={quoted(label(graph, node, 24))}, "
+            f"fillcolor={quoted(COLOURS[data['role']])}, "
+            f"color={quoted(RATING_EDGE[data['rating']])}];"
+        )
     for parent, child, data in graph.edges(data=True):
         style = " [style=dashed]" if data["branch"] else ""
         lines.append(f"{quoted(parent)} -> {quoted(child)}{style};")
@@ -165,8 +209,10 @@ def main() -> None:
     graph = build_graph(requests)
     kinds = branches(graph)
     roots = sum(1 for n in graph if graph.in_degree(n) == 0)
-    print(f"{len(requests)} requests, {roots} conversations, {graph.number_of_nodes()} messages, "
-          f"{kinds['regenerated']} regenerated answers, {kinds['edited']} edited questions")
+    print(
+        f"{len(requests)} requests, {roots} conversations, {graph.number_of_nodes()} messages, "
+        f"{kinds['regenerated']} regenerated answers, {kinds['edited']} edited questions"
+    )
     if args.png:
         draw(graph, args.png)
 

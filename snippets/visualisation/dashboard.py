@@ -27,8 +27,10 @@ LLM_CHARTS = {
     "Requests per second": REQUESTS_CHART,
     "Time to first token (s)": {"TTFT p50 (s)": "p50", "TTFT p95 (s)": "p95"},
     "Time per output token (s)": {"TPOT p50 (s)": "p50", "TPOT p95 (s)": "p95"},
-    "Sequences in the batch and waiting": {"running sequences": "running",
-                                           "waiting sequences": "waiting"},
+    "Sequences in the batch and waiting": {
+        "running sequences": "running",
+        "waiting sequences": "waiting",
+    },
     "Output tokens per second": {"output tokens/s": "tokens/s"},
 }
 EMBEDDING_CHARTS = {
@@ -43,15 +45,16 @@ def charts(frame: pd.DataFrame, layout: dict[str, dict[str, str]], per_row: int 
     """One line chart per entry of `layout`, `per_row` side by side."""
     titles = list(layout)
     for start in range(0, len(titles), per_row):
-        for column, title in zip(st.columns(per_row), titles[start:start + per_row]):
+        for column, title in zip(st.columns(per_row), titles[start : start + per_row]):
             with column:
                 st.markdown(f"**{title}**")
                 series = layout[title]
                 st.line_chart(frame[list(series)].rename(columns=series), height=220)
 
 
-def server_view(name: str, url: str, point, layout: dict, headline: list[str],
-                window_s: float) -> None:
+def server_view(
+    name: str, url: str, point, layout: dict, headline: list[str], window_s: float
+) -> None:
     """Scrape one server, keep the scrape, draw its headline numbers and charts."""
     history = st.session_state.setdefault(f"scrapes {url}", [])
     try:
@@ -109,18 +112,27 @@ def conversation_view(log_path: str, shown: int = 20) -> None:
     roots = [n for n in graph if graph.in_degree(n) == 0]
     trees = {root: graph.subgraph({root, *nx.descendants(graph, root)}) for root in roots}
     ranked = sorted(roots, key=lambda r: -sum(d > 1 for _, d in trees[r].out_degree()))[:shown]
-    root = st.selectbox("Conversation", ranked, format_func=lambda r: conversation_graph.label(
-        graph, r, width=80, lines=1) + f"  ({trees[r].number_of_nodes()} messages)")
+    root = st.selectbox(
+        "Conversation",
+        ranked,
+        format_func=lambda r: (
+            conversation_graph.label(graph, r, width=80, lines=1)
+            + f"  ({trees[r].number_of_nodes()} messages)"
+        ),
+    )
     st.graphviz_chart(conversation_graph.to_dot(trees[root]))
-    st.caption("Questions blue, answers green; a thumbs up outlines an answer green, a thumbs down "
-               "red; dashed edges start a branch (a regenerated answer or an edited question).")
+    st.caption(
+        "Questions blue, answers green; a thumbs up outlines an answer green, a thumbs down "
+        "red; dashed edges start a branch (a regenerated answer or an edited question)."
+    )
 
 
 st.set_page_config(page_title="Operations dashboard", layout="wide")
 with st.sidebar:
     llm_url = st.text_input("LLM server", os.environ.get("LLM_SERVER_URL", "http://127.0.0.1:8000"))
-    embedding_url = st.text_input("Embedding server",
-                                  os.environ.get("EMBEDDING_SERVER_URL", "http://127.0.0.1:8001"))
+    embedding_url = st.text_input(
+        "Embedding server", os.environ.get("EMBEDDING_SERVER_URL", "http://127.0.0.1:8001")
+    )
     log_path = st.text_input("Request log", os.environ.get("REQUEST_LOG", "requests.db"))
     refresh_s = st.slider("Refresh every (s)", 2, 60, 5)
     window_s = st.slider("Rate and percentile window (s)", 10, 300, 60)
@@ -131,13 +143,23 @@ with st.sidebar:
 def live() -> None:
     """Everything that changes by itself, redrawn every `refresh_s` seconds."""
     st.subheader("LLM server")
-    server_view("LLM server", llm_url.rstrip("/"), queries.llm_point, LLM_CHARTS,
-                ["requests/s", "errors/s (5xx)", "TTFT p95 (s)", "TPOT p95 (s)",
-                 "waiting sequences"], window_s)
+    server_view(
+        "LLM server",
+        llm_url.rstrip("/"),
+        queries.llm_point,
+        LLM_CHARTS,
+        ["requests/s", "errors/s (5xx)", "TTFT p95 (s)", "TPOT p95 (s)", "waiting sequences"],
+        window_s,
+    )
     st.subheader("Embedding server")
-    server_view("embedding server", embedding_url.rstrip("/"), queries.embedding_point,
-                EMBEDDING_CHARTS, ["requests/s", "errors/s (5xx)", "latency p95 (s)",
-                                   "queue depth"], window_s)
+    server_view(
+        "embedding server",
+        embedding_url.rstrip("/"),
+        queries.embedding_point,
+        EMBEDDING_CHARTS,
+        ["requests/s", "errors/s (5xx)", "latency p95 (s)", "queue depth"],
+        window_s,
+    )
     st.subheader("Feedback per model version")
     if Path(log_path).is_file():
         feedback_view(log_path, 86400 if bucket == "day" else 3600)

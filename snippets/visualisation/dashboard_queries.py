@@ -33,17 +33,24 @@ def scrape(base_url: str, timeout: float = 2) -> Scrape:
 
 
 def parse(text: str) -> Samples:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def total(samples: Samples, name: str, **match: str) -> float:
     """Sum of the series called `name` whose labels start with the given values (status="5"
     matches 500 and 503), leaving out the requests to PROBES routes (this dashboard's own
     scrapes among them)."""
-    return sum(value for (sample, labels), value in samples.items() if sample == name
-               and dict(labels).get("route") not in PROBES
-               and all(dict(labels).get(k, "").startswith(v) for k, v in match.items()))
+    return sum(
+        value
+        for (sample, labels), value in samples.items()
+        if sample == name
+        and dict(labels).get("route") not in PROBES
+        and all(dict(labels).get(k, "").startswith(v) for k, v in match.items())
+    )
 
 
 def increase(old: Scrape, new: Scrape, name: str, **match: str) -> float:
@@ -162,6 +169,14 @@ def feedback_by_version(path: str, bucket_s: float = 86400, since: float = 0) ->
     with contextlib.closing(sqlite3.connect(path)) as conn:
         volume = {(v, p): n for v, p, n in conn.execute(REQUESTS_BY_VERSION, params)}
         rows = conn.execute(FEEDBACK_BY_VERSION, params).fetchall()
-    return [{"model_version": version, "period": period, "rated": rated, "thumbs_up": up,
-             "requests": volume.get((version, period), 0), "ratio": up / rated}
-            for version, period, rated, up in rows]
+    return [
+        {
+            "model_version": version,
+            "period": period,
+            "rated": rated,
+            "thumbs_up": up,
+            "requests": volume.get((version, period), 0),
+            "ratio": up / rated,
+        }
+        for version, period, rated, up in rows
+    ]

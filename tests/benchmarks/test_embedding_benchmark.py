@@ -21,21 +21,36 @@ def load_benchmark_module():
 
 def test_quick_run_writes_json_table_and_plot(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "embedding_server.py"), "--quick", "--out-dir", str(tmp_path),
-         "--plot", str(tmp_path / "plot.png")],
-        capture_output=True, text=True, timeout=400, cwd=REPO,
+        [
+            sys.executable,
+            str(BENCH / "embedding_server.py"),
+            "--quick",
+            "--out-dir",
+            str(tmp_path),
+            "--plot",
+            str(tmp_path / "plot.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "embedding_server.json").read_text())
     assert {(r["mode"], r["load"]) for r in result["server"]} == {
-        (m, load) for m in ("batching off", "batching on") for load in ("closed", "open")}
-    assert all(r["requests_per_s"] > 0 and r["latency_p50"] <= r["latency_p95"] <= r["latency_p99"]
-               for r in result["server"])
+        (m, load) for m in ("batching off", "batching on") for load in ("closed", "open")
+    }
+    assert all(
+        r["requests_per_s"] > 0 and r["latency_p50"] <= r["latency_p95"] <= r["latency_p99"]
+        for r in result["server"]
+    )
     assert set(result["ceiling"]) == {"arrival order", "length-sorted"}
     assert set(result["ceiling"]["arrival order"]) == {"16", "32", "64"}
     assert result["health_under_big_bodies"]["probes"] > 10
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "embedding_server.md").read_text() == load_benchmark_module().markdown_table(result)
+    assert (tmp_path / "embedding_server.md").read_text() == load_benchmark_module().markdown_table(
+        result
+    )
 
 
 def test_published_table_is_rendered_from_published_json():
@@ -43,5 +58,7 @@ def test_published_table_is_rendered_from_published_json():
     result = json.loads((BENCH / "results" / "embedding_server.json").read_text())
     assert not result["quick"] and result["repeats"] >= 3
     assert {r["level"] for r in result["server"] if r["load"] == "closed"} == {1, 8, 32, 64}
-    assert (BENCH / "results" / "embedding_server.md").read_text() == load_benchmark_module().markdown_table(result)
+    assert (
+        BENCH / "results" / "embedding_server.md"
+    ).read_text() == load_benchmark_module().markdown_table(result)
     assert (REPO / "docs" / "backends" / "img" / "embedding_server.png").exists()

@@ -7,8 +7,13 @@ import sys
 from helpers import REPO
 
 BENCH = REPO / "benchmarks"
-CONTENDERS = {"one at a time", "static batching", "continuous batching", "transformers serve",
-              "transformers serve --continuous-batching"}
+CONTENDERS = {
+    "one at a time",
+    "static batching",
+    "continuous batching",
+    "transformers serve",
+    "transformers serve --continuous-batching",
+}
 
 
 def markdown_table(result: dict) -> str:
@@ -22,9 +27,19 @@ def markdown_table(result: dict) -> str:
 
 def test_quick_run(tmp_path, smollm2_dir):
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "llm_server.py"), "--quick", "--out-dir", str(tmp_path),
-         "--plot", str(tmp_path / "plot.png")],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        [
+            sys.executable,
+            str(BENCH / "llm_server.py"),
+            "--quick",
+            "--out-dir",
+            str(tmp_path),
+            "--plot",
+            str(tmp_path / "plot.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "llm_server.json").read_text())

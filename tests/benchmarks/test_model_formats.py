@@ -9,16 +9,39 @@ from helpers import REPO
 
 
 def test_quick_run(tmp_path, smollm2_dir):
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "model_formats.py"), "--quick",
-                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "model_formats.py"),
+            "--quick",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {(r["model"], r["format"]): r for r in json.loads((tmp_path / "model_formats.json").read_text())["rows"]}
+    rows = {
+        (r["model"], r["format"]): r
+        for r in json.loads((tmp_path / "model_formats.json").read_text())["rows"]
+    }
     assert len(rows) == 10
-    cosine = {f: float(r["agreement"].split()[1]) for (m, f), r in rows.items() if m == "all-MiniLM-L6-v2"}
-    assert cosine["safetensors float32"] > 0.99999 and cosine["pickle (torch.save of the module)"] > 0.99999
+    cosine = {
+        f: float(r["agreement"].split()[1]) for (m, f), r in rows.items() if m == "all-MiniLM-L6-v2"
+    }
+    assert (
+        cosine["safetensors float32"] > 0.99999
+        and cosine["pickle (torch.save of the module)"] > 0.99999
+    )
     assert cosine["ONNX (onnxruntime)"] > 0.9999 and cosine["safetensors bfloat16"] > 0.99
     assert cosine["dynamic int8 (Linear layers)"] > 0.9
-    llm = {f: int(re.match(r"(\d+)%", r["agreement"]).group(1)) for (m, f), r in rows.items() if m != "all-MiniLM-L6-v2"}
+    llm = {
+        f: int(re.match(r"(\d+)%", r["agreement"]).group(1))
+        for (m, f), r in rows.items()
+        if m != "all-MiniLM-L6-v2"
+    }
     assert llm["safetensors float32"] == 100 and llm["GGUF Q4_1 (read by transformers)"] == 100
     bf16 = rows[("all-MiniLM-L6-v2", "safetensors bfloat16")]["size_mb"]
     f32 = rows[("all-MiniLM-L6-v2", "safetensors float32")]["size_mb"]
@@ -31,4 +54,6 @@ def test_published_table_matches_published_json():
 
     result = json.loads((REPO / "benchmarks" / "results" / "model_formats.json").read_text())
     assert not result["quick"]
-    assert (REPO / "benchmarks" / "results" / "model_formats.md").read_text() == model_formats.markdown_table(result)
+    assert (
+        REPO / "benchmarks" / "results" / "model_formats.md"
+    ).read_text() == model_formats.markdown_table(result)

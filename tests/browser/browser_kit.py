@@ -34,8 +34,15 @@ def launch(args: list[str], env: dict, url: str, ready_path: str = "/", timeout:
     wait until `url + ready_path` answers 200; kill the whole group on exit."""
     with tempfile.TemporaryFile(mode="w+") as log:
         started = time.perf_counter()
-        proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=log,
-                                start_new_session=True, text=True)
+        proc = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            text=True,
+        )
         try:
             wait_ready(proc, log, url + ready_path, started + timeout)
             yield App(url, time.perf_counter() - started)
@@ -62,9 +69,17 @@ def wait_ready(proc: subprocess.Popen, log, ready_url: str, deadline: float) -> 
 def streamlit_app(script: str, env: dict):
     """`streamlit run snippets/<script>` on a free loopback port, as its page documents it."""
     port = free_port()
-    args = [sys.executable, "-m", "streamlit", "run", str(REPO / "snippets" / script),
-            "--server.headless=true", "--server.address=127.0.0.1", f"--server.port={port}",
-            "--browser.gatherUsageStats=false"]
+    args = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO / "snippets" / script),
+        "--server.headless=true",
+        "--server.address=127.0.0.1",
+        f"--server.port={port}",
+        "--browser.gatherUsageStats=false",
+    ]
     return launch(args, env, f"http://127.0.0.1:{port}", "/_stcore/health")
 
 
@@ -78,13 +93,16 @@ def screenshot(page, path: str, source: str, height: int | None = None) -> None:
         page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
         page.wait_for_timeout(1500)  # charts redraw at the new size
     stamp = f"{datetime.date.today()} · headless Chromium at {VIEWPORT['width']} px · {source}"
-    page.evaluate("""stamp => {
+    page.evaluate(
+        """stamp => {
         const note = document.createElement('div');
         note.textContent = stamp;
         note.style.cssText = 'position:fixed; right:6px; bottom:4px; z-index:99999; color:#555;' +
             'font:11px sans-serif; background:#fffc; padding:1px 4px; border-radius:3px';
         document.body.appendChild(note);
-    }""", stamp)
+    }""",
+        stamp,
+    )
     target = REPO / "docs" / path
     target.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=target)
@@ -106,6 +124,7 @@ def watch_growth(locator, done, timeout: float = 90) -> list[int]:
 @contextlib.contextmanager
 def new_ratings(log_db):
     """Yield a list that, after the block, holds the ratings the request log gained in it."""
+
     def rated() -> dict:
         with contextlib.closing(sqlite3.connect(log_db)) as db:
             return dict(db.execute("SELECT request_id, rating FROM feedback"))

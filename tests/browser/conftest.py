@@ -18,8 +18,11 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 def browser():
     """Headless Chromium. A missing browser fails the tests with the fix, never skips them."""
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's package "
-                    "(apt-get install chromium) or set CHROMIUM to its path.", pytrace=False)
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: install Debian's package "
+            "(apt-get install chromium) or set CHROMIUM to its path.",
+            pytrace=False,
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -37,8 +40,10 @@ def page(browser):
     page.external_requests = []
 
     def local_only(route):
-        if urlparse(route.request.url).hostname in ("127.0.0.1", "localhost") or \
-                not route.request.url.startswith("http"):
+        if urlparse(route.request.url).hostname in (
+            "127.0.0.1",
+            "localhost",
+        ) or not route.request.url.startswith("http"):
             return route.continue_()
         page.external_requests.append(route.request.url)
         return route.abort()
@@ -52,7 +57,19 @@ def page(browser):
 def site(built_site):
     """The session's built site, served on loopback; yields its URL."""
     port = free_port()
-    with launch([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                 "--directory", str(built_site)], {}, f"http://127.0.0.1:{port}") as server:
+    with launch(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(built_site),
+        ],
+        {},
+        f"http://127.0.0.1:{port}",
+    ) as server:
         server.root = built_site
         yield server

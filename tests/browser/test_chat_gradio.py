@@ -10,10 +10,20 @@ from helpers import REPO, free_port
 
 def test_streams_an_answer_and_sends_a_rating(page, llm_server):
     port = free_port()
-    env = {"OPENAI_BASE_URL": llm_server.url + "/v1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "CHAT_MAX_TOKENS": "32"}
-    with launch([sys.executable, str(REPO / "snippets/gui/chat_gradio.py")], env,
-                f"http://127.0.0.1:{port}") as app, new_ratings(llm_server.log_db) as ratings:
+    env = {
+        "OPENAI_BASE_URL": llm_server.url + "/v1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "CHAT_MAX_TOKENS": "32",
+    }
+    with (
+        launch(
+            [sys.executable, str(REPO / "snippets/gui/chat_gradio.py")],
+            env,
+            f"http://127.0.0.1:{port}",
+        ) as app,
+        new_ratings(llm_server.log_db) as ratings,
+    ):
         page.goto(app.url, wait_until="load")
         box = page.get_by_placeholder("Type a message...")
         box.fill("Name three colours.")

@@ -13,8 +13,16 @@ from helpers import SNIPPETS, free_port
 def chat_page(chat_page_origin):
     """`python -m http.server` serving snippets/gui/ on the origin the LLM server allows."""
     port = str(urlparse(chat_page_origin).port)
-    args = [sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1",
-            "--directory", str(SNIPPETS / "gui")]
+    args = [
+        sys.executable,
+        "-m",
+        "http.server",
+        port,
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        str(SNIPPETS / "gui"),
+    ]
     with launch(args, {}, chat_page_origin, "/chat.html"):
         yield chat_page_origin + "/chat.html"
 

@@ -6,8 +6,10 @@ from browser_kit import new_ratings, screenshot, streamlit_app, watch_growth
 
 def test_streams_an_answer_and_sends_a_rating(page, llm_server):
     env = {"OPENAI_BASE_URL": llm_server.url + "/v1", "CHAT_MAX_TOKENS": "32"}
-    with (streamlit_app("gui/chat_streamlit.py", env) as app,
-          new_ratings(llm_server.log_db) as ratings):
+    with (
+        streamlit_app("gui/chat_streamlit.py", env) as app,
+        new_ratings(llm_server.log_db) as ratings,
+    ):
         page.goto(app.url, wait_until="load")
         box = page.get_by_test_id("stChatInputTextArea")
         box.fill("Name three colours.")
@@ -24,4 +26,3 @@ def test_streams_an_answer_and_sends_a_rating(page, llm_server):
         page.get_by_test_id("stToast").wait_for()
         assert "recorded" in page.get_by_test_id("stToast").inner_text()
     assert ratings == [1]
-

@@ -25,8 +25,15 @@ def two_weeks_of_feedback(path) -> None:
             for i in range(rng.randint(25, 40)):
                 rating = (1 if rng.random() < liked else -1) if rng.random() < 0.4 else None
                 question = [{"role": "user", "content": f"Question {i} of day {day}"}]
-                add_request(conn, f"r-{day}-{i}", now - (14 - day) * DAY + i * 900, question,
-                            "An answer.", version, rating)
+                add_request(
+                    conn,
+                    f"r-{day}-{i}",
+                    now - (14 - day) * DAY + i * 900,
+                    question,
+                    "An answer.",
+                    version,
+                    rating,
+                )
     conn.close()
 
 
@@ -34,15 +41,21 @@ def chat(url: str, n: int) -> None:
     model = requests.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
     for i in range(n):
         question = [{"role": "user", "content": f"Count to {i + 3}."}]
-        answer = requests.post(f"{url}/v1/chat/completions", timeout=60,
-                               json={"model": model, "max_tokens": 5, "messages": question})
+        answer = requests.post(
+            f"{url}/v1/chat/completions",
+            timeout=60,
+            json={"model": model, "max_tokens": 5, "messages": question},
+        )
         answer.raise_for_status()
 
 
 def test_live_charts_feedback_and_conversations(page, llm_server, tmp_path):
     two_weeks_of_feedback(tmp_path / "requests.db")
-    env = {"LLM_SERVER_URL": llm_server.url, "EMBEDDING_SERVER_URL": f"http://127.0.0.1:{free_port()}",
-           "REQUEST_LOG": str(tmp_path / "requests.db")}
+    env = {
+        "LLM_SERVER_URL": llm_server.url,
+        "EMBEDDING_SERVER_URL": f"http://127.0.0.1:{free_port()}",
+        "REQUEST_LOG": str(tmp_path / "requests.db"),
+    }
     with streamlit_app("visualisation/dashboard.py", env) as app:
         page.goto(app.url, wait_until="load")
         page.get_by_text("collecting").wait_for(timeout=30_000)  # the first scrape is in
@@ -50,7 +63,9 @@ def test_live_charts_feedback_and_conversations(page, llm_server, tmp_path):
         requests_per_s = page.get_by_test_id("stMetric").first
         page.wait_for_function(
             "el => parseFloat(el.querySelector('[data-testid=stMetricValue]').innerText) > 0",
-            arg=requests_per_s.element_handle(), timeout=30_000)
+            arg=requests_per_s.element_handle(),
+            timeout=30_000,
+        )
         if SCREENSHOTS:  # half a minute more traffic, so each chart has a line to show
             chat(llm_server.url, 20)
             page.wait_for_timeout(6000)
@@ -64,5 +79,6 @@ def test_live_charts_feedback_and_conversations(page, llm_server, tmp_path):
         graph.locator("svg g.node").first.wait_for()
         assert graph.locator("svg g.node").count() == 7  # the branched conversation
         assert page.get_by_test_id("stException").count() == 0
-        screenshot(page, "visualisation/img/dashboard.png", "tests/browser/test_dashboard.py",
-                   height=2000)
+        screenshot(
+            page, "visualisation/img/dashboard.png", "tests/browser/test_dashboard.py", height=2000
+        )

@@ -25,9 +25,14 @@ svg => {
 """
 # The build machine's paths, tqdm's warning when ipywidgets is missing, and any stderr output
 # cell (the attribute on an element; the stylesheet names it too, inside [...]).
-LOCAL_PATHS_AND_NOISE = ["/.venv", "site-packages", "/root/", "TqdmWarning: IProgress",
-                         "Please update jupyter and ipywidgets",
-                         r'data-mime-type="application/vnd\.jupyter\.stderr"[^\]]']
+LOCAL_PATHS_AND_NOISE = [
+    "/.venv",
+    "site-packages",
+    "/root/",
+    "TqdmWarning: IProgress",
+    "Please update jupyter and ipywidgets",
+    r'data-mime-type="application/vnd\.jupyter\.stderr"[^\]]',
+]
 
 
 def heading(page) -> str:
@@ -37,8 +42,11 @@ def heading(page) -> str:
 
 def pages_with_diagrams(root) -> list[str]:
     """The site paths ("/", "/backends/batching/") of the built pages that hold a diagram."""
-    folders = [p.parent.relative_to(root) for p in root.rglob("index.html")
-               if 'class="mermaid"' in p.read_text()]
+    folders = [
+        p.parent.relative_to(root)
+        for p in root.rglob("index.html")
+        if 'class="mermaid"' in p.read_text()
+    ]
     return sorted("/" if f == Path(".") else f"/{f}/" for f in folders)
 
 
@@ -87,8 +95,11 @@ def test_every_diagram_is_legible(page, site):
         page.locator(".mermaid svg").first.wait_for()
         for i in range(page.locator(".mermaid svg").count()):
             sizes = page.locator(".mermaid svg").nth(i).evaluate(LABEL_SIZES)
-            too_small += [f"{path} diagram {i + 1}: {text!r} at {size:.1f} px"
-                          for text, size in sizes if size < 10]
+            too_small += [
+                f"{path} diagram {i + 1}: {text!r} at {size:.1f} px"
+                for text, size in sizes
+                if size < 10
+            ]
     assert not too_small, "\n".join(dict.fromkeys(too_small))
 
 
@@ -107,8 +118,11 @@ def test_copy_button_copies_a_snippet(page, site):
 def test_pages_show_no_local_paths_or_warnings(site, needle):
     """Executed notebooks must not leak the build machine's paths or stderr noise."""
     pattern = re.compile(needle if needle.startswith("data-") else re.escape(needle))
-    hits = [str(p.relative_to(site.root)) for p in site.root.rglob("*")
-            if p.suffix in (".html", ".json") and pattern.search(p.read_text(errors="ignore"))]
+    hits = [
+        str(p.relative_to(site.root))
+        for p in site.root.rglob("*")
+        if p.suffix in (".html", ".json") and pattern.search(p.read_text(errors="ignore"))
+    ]
     assert not hits, f"{needle!r} appears in {hits}"
 
 

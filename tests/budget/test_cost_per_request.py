@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import SNIPPETS, load_snippet, run_snippet
 
 
@@ -17,22 +16,35 @@ def test_hand_checked_costs():
     assert cost.cost_per_million_tokens(2.0, 1000) == pytest.approx(2.0 / 3.6)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"price_per_hour": -1, "requests_per_second": 1},
-    {"price_per_hour": 1, "requests_per_second": 0},
-    {"price_per_hour": 1, "requests_per_second": 1, "utilisation": 1.5},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"price_per_hour": -1, "requests_per_second": 1},
+        {"price_per_hour": 1, "requests_per_second": 0},
+        {"price_per_hour": 1, "requests_per_second": 1, "utilisation": 1.5},
+    ],
+)
 def test_bad_values_raise(kwargs):
     with pytest.raises(ValueError):
         load_snippet("budget/cost_per_request.py").cost_per_request(**kwargs)
 
 
 def test_cli():
-    out = run_snippet("budget/cost_per_request.py", "--price-per-hour", "1.20", "--requests-per-second", "40")
+    out = run_snippet(
+        "budget/cost_per_request.py", "--price-per-hour", "1.20", "--requests-per-second", "40"
+    )
     assert out.strip() == "$0.0083 per 1,000 requests"
     bad = subprocess.run(
-        [sys.executable, SNIPPETS / "budget/cost_per_request.py", "--price-per-hour", "1", "--requests-per-second", "0"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            SNIPPETS / "budget/cost_per_request.py",
+            "--price-per-hour",
+            "1",
+            "--requests-per-second",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: requests_per_second must be > 0"  # one line, no traceback

@@ -15,4 +15,9 @@ def test_tied_weights_count_once(smollm2):
     assert model.config.tie_word_embeddings
     # SmolLM2-135M: the output head shares the embedding matrix, so it is not counted twice
     assert count.count_parameters(model) == 134_515_008
-    assert count.weight_bytes(1000) == {"float32": 4000, "bfloat16": 2000, "int8": 1000, "int4": 500}
+    assert count.weight_bytes(1000) == {
+        "float32": 4000,
+        "bfloat16": 2000,
+        "int8": 1000,
+        "int4": 500,
+    }

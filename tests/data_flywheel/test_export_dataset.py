@@ -40,12 +40,24 @@ def make_log(path, rows):
         created = r.get("created_at", NOV_1 + i)
         db.execute(
             "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (rid, created, r.get("route", "/v1/classify"), "minilm-intent", r.get("version", "v1"),
-             None, json.dumps(r["input"]), json.dumps(r.get("output")), 12.5, 200),
+            (
+                rid,
+                created,
+                r.get("route", "/v1/classify"),
+                "minilm-intent",
+                r.get("version", "v1"),
+                None,
+                json.dumps(r["input"]),
+                json.dumps(r.get("output")),
+                12.5,
+                200,
+            ),
         )
         if "rating" in r:
-            db.execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?)",
-                       (rid, r["rating"], r.get("correction"), None, created + 60))
+            db.execute(
+                "INSERT INTO feedback VALUES (?, ?, ?, ?, ?)",
+                (rid, r["rating"], r.get("correction"), None, created + 60),
+            )
     db.commit()
     db.close()
     return path
@@ -60,17 +72,36 @@ def exported(out):
 
 
 def test_classification_labels_follow_the_feedback(tmp_path):
-    log = make_log(tmp_path / "log.sqlite", [
-        {"input": "Where is my parcel?", "output": "delivery_status", "rating": 1},
-        {"input": "I want my money back", "output": "return_item", "rating": -1,
-         "correction": "billing_refund"},
-        {"input": "cancel it all", "output": "change_plan", "rating": -1},  # wrong, no fix: dropped
-        {"input": "never rated", "output": "product_question"},  # not reviewed: not even counted
-        {"input": ["my card expired"], "output": None, "rating": -1, "route": "/v1/embeddings",
-         "correction": "update_payment_method"},  # an embeddings request labelled by feedback
-        {"input": ["two", "texts"], "output": None, "rating": -1, "correction": "x"},
-        {"input": ["rated but unlabelled"], "output": None, "rating": 1},
-    ])
+    log = make_log(
+        tmp_path / "log.sqlite",
+        [
+            {"input": "Where is my parcel?", "output": "delivery_status", "rating": 1},
+            {
+                "input": "I want my money back",
+                "output": "return_item",
+                "rating": -1,
+                "correction": "billing_refund",
+            },
+            {
+                "input": "cancel it all",
+                "output": "change_plan",
+                "rating": -1,
+            },  # wrong, no fix: dropped
+            {
+                "input": "never rated",
+                "output": "product_question",
+            },  # not reviewed: not even counted
+            {
+                "input": ["my card expired"],
+                "output": None,
+                "rating": -1,
+                "route": "/v1/embeddings",
+                "correction": "update_payment_method",
+            },  # an embeddings request labelled by feedback
+            {"input": ["two", "texts"], "output": None, "rating": -1, "correction": "x"},
+            {"input": ["rated but unlabelled"], "output": None, "rating": 1},
+        ],
+    )
     card = export.export(log, "classification", tmp_path / "ds", eval_fraction=0.5)
     assert sorted(exported(tmp_path / "ds"), key=lambda r: r["text"]) == [
         {"text": "I want my money back", "label": "billing_refund"},
@@ -91,8 +122,11 @@ def spaced(text):
 def test_duplicates_keep_the_newest_and_never_straddle_the_split(tmp_path):
     texts = [f"Order {n} has not arrived yet, can you check" for n in range(40)]
     copies = [(str.upper, "oldest"), (spaced, "older"), (str, "newest")]
-    rows = [{"input": copy(text), "output": label, "rating": 1, "created_at": NOV_1 + day * DAY + n}
-            for day, (copy, label) in enumerate(copies) for n, text in enumerate(texts)]
+    rows = [
+        {"input": copy(text), "output": label, "rating": 1, "created_at": NOV_1 + day * DAY + n}
+        for day, (copy, label) in enumerate(copies)
+        for n, text in enumerate(texts)
+    ]
     rows.reverse()  # inserted newest first: created_at decides what is newest, not insertion order
     log = make_log(tmp_path / "log.sqlite", rows)
     card = export.export(log, "classification", tmp_path / "ds", eval_fraction=0.3)
@@ -114,13 +148,22 @@ def test_duplicates_keep_the_newest_and_never_straddle_the_split(tmp_path):
 
 
 def test_every_text_field_is_redacted_before_deduplication(tmp_path):
-    log = make_log(tmp_path / "log.sqlite", [
-        {"input": "refund to GB82 WEST 1234 5698 7654 32 please, mail a@example.com",
-         "output": "billing_refund", "rating": 1},
-        {"input": "refund to GB82WEST12345698765432 please, mail b@example.org",  # redacted: same
-         "output": "billing_refund", "rating": 1},
-        {"input": "charged on 4111 1111 1111 1111", "output": "billing_refund", "rating": 1},
-    ])
+    log = make_log(
+        tmp_path / "log.sqlite",
+        [
+            {
+                "input": "refund to GB82 WEST 1234 5698 7654 32 please, mail a@example.com",
+                "output": "billing_refund",
+                "rating": 1,
+            },
+            {
+                "input": "refund to GB82WEST12345698765432 please, mail b@example.org",  # redacted: same
+                "output": "billing_refund",
+                "rating": 1,
+            },
+            {"input": "charged on 4111 1111 1111 1111", "output": "billing_refund", "rating": 1},
+        ],
+    )
     card = export.export(log, "classification", tmp_path / "ds")
     texts = sorted(r["text"] for r in exported(tmp_path / "ds"))
     assert texts == ["charged on [CARD]", "refund to [IBAN] please, mail [EMAIL]"]
@@ -130,40 +173,81 @@ def test_every_text_field_is_redacted_before_deduplication(tmp_path):
 
 def test_chat_export_appends_the_reviewed_answer(tmp_path):
     system = {"role": "system", "content": "You are the support assistant."}
-    log = make_log(tmp_path / "log.sqlite", [
-        {"route": "/v1/chat/completions", "rating": 1, "output": "It ships in 2 days.",
-         "input": [system, {"role": "user", "content": "When does order 88213 ship?"}]},
-        {"route": "/v1/chat/completions", "rating": -1, "output": "I cannot help.",
-         "correction": "Call us on 020 7946 0958.",
-         "input": [{"role": "user", "content": "Phone number? I am jo@example.com"}]},
-        {"route": "/v1/chat/completions", "rating": -1, "output": "Wrong.",
-         "input": [{"role": "user", "content": "thumbs down, no fix"}]},
-        {"input": "a classify request", "output": "x", "rating": 1},
-    ])
+    log = make_log(
+        tmp_path / "log.sqlite",
+        [
+            {
+                "route": "/v1/chat/completions",
+                "rating": 1,
+                "output": "It ships in 2 days.",
+                "input": [system, {"role": "user", "content": "When does order 88213 ship?"}],
+            },
+            {
+                "route": "/v1/chat/completions",
+                "rating": -1,
+                "output": "I cannot help.",
+                "correction": "Call us on 020 7946 0958.",
+                "input": [{"role": "user", "content": "Phone number? I am jo@example.com"}],
+            },
+            {
+                "route": "/v1/chat/completions",
+                "rating": -1,
+                "output": "Wrong.",
+                "input": [{"role": "user", "content": "thumbs down, no fix"}],
+            },
+            {"input": "a classify request", "output": "x", "rating": 1},
+        ],
+    )
     card = export.export(log, "chat", tmp_path / "ds", eval_fraction=0.5)
     rows = sorted(exported(tmp_path / "ds"), key=lambda r: len(r["messages"]))
     assert rows == [
-        {"messages": [{"role": "user", "content": "Phone number? I am [EMAIL]"},
-                      {"role": "assistant", "content": "Call us on [PHONE]."}]},
-        {"messages": [system, {"role": "user", "content": "When does order 88213 ship?"},
-                      {"role": "assistant", "content": "It ships in 2 days."}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Phone number? I am [EMAIL]"},
+                {"role": "assistant", "content": "Call us on [PHONE]."},
+            ]
+        },
+        {
+            "messages": [
+                system,
+                {"role": "user", "content": "When does order 88213 ship?"},
+                {"role": "assistant", "content": "It ships in 2 days."},
+            ]
+        },
     ]
     assert card["labels"] is None and card["redactions"] == {"email": 1, "phone": 1}
-    assert card["dropped"] == {"no answer (rated -1 without a correction, or no output)": 1,
-                               "not a chat request (input is not a list of text messages)": 1}
+    assert card["dropped"] == {
+        "no answer (rated -1 without a correction, or no output)": 1,
+        "not a chat request (input is not a list of text messages)": 1,
+    }
 
 
 def test_data_card_counts_dates_and_versions(tmp_path):
-    rows = [{"input": f"text number {i}", "output": ["a", "b"][i % 2], "rating": 1,
-             "version": ["v1", "v2"][i // 10], "created_at": NOV_1 + i * DAY} for i in range(20)]
+    rows = [
+        {
+            "input": f"text number {i}",
+            "output": ["a", "b"][i % 2],
+            "rating": 1,
+            "version": ["v1", "v2"][i // 10],
+            "created_at": NOV_1 + i * DAY,
+        }
+        for i in range(20)
+    ]
     log = make_log(tmp_path / "log.sqlite", rows)
-    card = export.export(log, "classification", tmp_path / "ds", since="2026-11-03",
-                         until="2026-11-18T00:00:00+00:00")
+    card = export.export(
+        log,
+        "classification",
+        tmp_path / "ds",
+        since="2026-11-03",
+        until="2026-11-18T00:00:00+00:00",
+    )
     assert card["date_range"] == {"first": "2026-11-03T00:00:00Z", "last": "2026-11-17T00:00:00Z"}
     assert card["model_versions"] == {"v1": 8, "v2": 7}
     assert sum(card["examples"].values()) == 15
-    assert {label: sum(card["labels"][s].get(label, 0) for s in ("train", "eval"))
-            for label in ("a", "b")} == {"a": 8, "b": 7}
+    assert {
+        label: sum(card["labels"][s].get(label, 0) for s in ("train", "eval"))
+        for label in ("a", "b")
+    } == {"a": 8, "b": 7}
     assert json.loads((tmp_path / "ds/data_card.json").read_text()) == card
     markdown = (tmp_path / "ds/data_card.md").read_text()
     assert "| label | train | eval |" in markdown
@@ -173,10 +257,18 @@ def test_data_card_counts_dates_and_versions(tmp_path):
 
 
 def test_cli_exports(tmp_path):
-    log = make_log(tmp_path / "log.sqlite", [
-        {"input": f"request {i}", "output": "delivery_status", "rating": 1} for i in range(10)])
-    out = run_snippet("data_flywheel/export_dataset.py", str(log), "--task", "classification",
-                      "--out", str(tmp_path / "ds"))
+    log = make_log(
+        tmp_path / "log.sqlite",
+        [{"input": f"request {i}", "output": "delivery_status", "rating": 1} for i in range(10)],
+    )
+    out = run_snippet(
+        "data_flywheel/export_dataset.py",
+        str(log),
+        "--task",
+        "classification",
+        "--out",
+        str(tmp_path / "ds"),
+    )
     card = json.loads((tmp_path / "ds/data_card.json").read_text())
     n = card["examples"]
     assert n["train"] + n["eval"] == 10
@@ -185,8 +277,13 @@ def test_cli_exports(tmp_path):
 
 def cli_error(*args):
     script = SNIPPETS / "data_flywheel/export_dataset.py"
-    proc = subprocess.run([sys.executable, str(script), *args],
-                          check=False, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -203,18 +300,23 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
         db.execute("PRAGMA user_version = 2")
     task = ["--task", "classification", "--out", str(tmp_path / "ds")]
     assert cli_error(str(tmp_path / "missing.sqlite"), *task) == (
-        f"error: {tmp_path / 'missing.sqlite'}: no such file")
+        f"error: {tmp_path / 'missing.sqlite'}: no such file"
+    )
     assert cli_error(str(tmp_path / "notes.txt"), *task).startswith(
-        f"error: {tmp_path / 'notes.txt'}: not an SQLite database")
+        f"error: {tmp_path / 'notes.txt'}: not an SQLite database"
+    )
     assert cli_error(str(tmp_path / "old.sqlite"), *task) == (
-        f"error: {tmp_path / 'old.sqlite'}: request log schema version 0, expected 1")
+        f"error: {tmp_path / 'old.sqlite'}: request log schema version 0, expected 1"
+    )
     assert cli_error(str(newer), *task).endswith("request log schema version 2, expected 1")
     fine = make_log(tmp_path / "fine.sqlite", [])
     assert cli_error(str(fine), *task, "--since", "last tuesday") == (
-        "error: not an ISO date or time: 'last tuesday'")
+        "error: not an ISO date or time: 'last tuesday'"
+    )
     (tmp_path / "taken").write_text("a file where the output folder should go")
     assert cli_error(str(fine), "--task", "chat", "--out", str(tmp_path / "taken")).startswith(
-        "error: [Errno 17] File exists")
+        "error: [Errno 17] File exists"
+    )
     assert not (tmp_path / "ds").exists()  # nothing written on bad input
     assert not (tmp_path / "missing.sqlite").exists()  # and no empty database created
 

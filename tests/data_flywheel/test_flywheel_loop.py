@@ -11,7 +11,6 @@ import zlib
 import httpx
 import numpy as np
 import pytest
-
 from helpers import REPO, SNIPPETS, load_snippet, serve
 
 LOOP = "data_flywheel/flywheel_loop.py"
@@ -32,9 +31,13 @@ def test_the_rule_promotes_only_a_candidate_better_offline_and_no_worse_live(loo
     live = {"v1": (40, 30), "v2": (40, 31)}
     assert loop.decide(0.80, 0.85, live, "v1", "v2")[0] == "promote"
     assert loop.decide(0.80, 0.85, {"v1": (40, 30), "v2": (40, 26)}, "v1", "v2") == (
-        "rollback", "live thumbs-up 0.65 vs 0.75")
+        "rollback",
+        "live thumbs-up 0.65 vs 0.75",
+    )
     assert loop.decide(0.80, 0.79, live, "v1", "v2")[0] == "rollback"  # worse on the held-out set
-    assert loop.decide(0.80, 0.85, {"v1": (40, 30), "v2": (5, 5)}, "v1", "v2")[0] == "rollback"  # too few
+    assert (
+        loop.decide(0.80, 0.85, {"v1": (40, 30), "v2": (5, 5)}, "v1", "v2")[0] == "rollback"
+    )  # too few
 
 
 def test_simulated_users_are_fixed_before_the_answers(loop, data):
@@ -44,8 +47,13 @@ def test_simulated_users_are_fixed_before_the_answers(loop, data):
     assert first == again and 30 <= sum(u["rates"] for u in first) <= 48
     user = {"rates": True, "noisy": False, "noisy_label": "x"}
     assert loop.reaction("billing_refund", "billing_refund", user) == {"rating": 1}
-    assert loop.reaction("return_item", "billing_refund", user) == {"rating": -1, "correction": "billing_refund"}
-    assert loop.reaction("return_item", "billing_refund", {**user, "noisy": True})["correction"] == "x"
+    assert loop.reaction("return_item", "billing_refund", user) == {
+        "rating": -1,
+        "correction": "billing_refund",
+    }
+    assert (
+        loop.reaction("return_item", "billing_refund", {**user, "noisy": True})["correction"] == "x"
+    )
     assert loop.reaction("return_item", "billing_refund", {**user, "rates": False}) is None
 
 
@@ -58,31 +66,55 @@ def register_heads(tmp_path, embedding_url: str, loop, data) -> tuple:
     heldout = [row for row in data if row["split"] == "heldout"]
     heldout_vectors = loop.embed(embedding_url, [row["text"] for row in heldout])
     accuracy = {}
-    for version, version_labels in (("good", labels), ("bad", list(np.random.default_rng(0).permutation(labels)))):
+    for version, version_labels in (
+        ("good", labels),
+        ("bad", list(np.random.default_rng(0).permutation(labels))),
+    ):
         head = registry.train_head(vectors, version_labels)
         accuracy[version] = loop.accuracy(head, heldout_vectors, [row["intent"] for row in heldout])
         registry.save(tmp_path / "registry", version, head, {"heldout_accuracy": accuracy[version]})
     loaded, meta = registry.load(tmp_path / "registry", "good")
-    assert meta["heldout_accuracy"] == accuracy["good"] and list(loaded.classes_) == sorted(set(labels))
-    assert (loaded.predict(heldout_vectors) == registry.train_head(vectors, labels).predict(heldout_vectors)).all()
+    assert meta["heldout_accuracy"] == accuracy["good"] and list(loaded.classes_) == sorted(
+        set(labels)
+    )
+    assert (
+        loaded.predict(heldout_vectors)
+        == registry.train_head(vectors, labels).predict(heldout_vectors)
+    ).all()
     return accuracy, heldout
 
 
-def canary_round(router_url: str, loop, requests: list[dict], intents: list[str], start: str, candidate: str):
-    httpx.post(router_url + "/v1/canary", json={"candidate": candidate, "share": 0.5}).raise_for_status()
+def canary_round(
+    router_url: str, loop, requests: list[dict], intents: list[str], start: str, candidate: str
+):
+    httpx.post(
+        router_url + "/v1/canary", json={"candidate": candidate, "share": 0.5}
+    ).raise_for_status()
     users = loop.simulated_users(requests, intents, np.random.default_rng(1), 1.0, 0.0)
     return loop.asyncio.run(loop.serve_traffic(router_url, requests, users))
 
 
-@pytest.mark.parametrize("stable, candidate, verdict", [("good", "bad", "rollback"), ("bad", "good", "promote")])
-def test_a_worse_head_is_rolled_back_and_a_better_one_promoted(embedding_server, loop, data, tmp_path,
-                                                              stable, candidate, verdict):
+@pytest.mark.parametrize(
+    "stable, candidate, verdict", [("good", "bad", "rollback"), ("bad", "good", "promote")]
+)
+def test_a_worse_head_is_rolled_back_and_a_better_one_promoted(
+    embedding_server, loop, data, tmp_path, stable, candidate, verdict
+):
     accuracy, heldout = register_heads(tmp_path, embedding_server.url, loop, data)
-    assert accuracy["good"] > 0.8 > 0.3 > accuracy["bad"]
+    assert accuracy["good"] > 0.8 and accuracy["bad"] < 0.3
     intents = sorted({row["intent"] for row in data})
     log_db = tmp_path / "router.db"
-    with serve("data_flywheel/intent_router.py", "--registry", str(tmp_path / "registry"), "--stable", stable,
-               "--embedding-url", embedding_server.url, "--log-db", str(log_db)) as router:
+    with serve(
+        "data_flywheel/intent_router.py",
+        "--registry",
+        str(tmp_path / "registry"),
+        "--stable",
+        stable,
+        "--embedding-url",
+        embedding_server.url,
+        "--log-db",
+        str(log_db),
+    ) as router:
         since = loop.time.time()
         served = canary_round(router.url, loop, heldout[:80], intents, stable, candidate)
         by_version = {row["model_version"] for row in served}
@@ -92,33 +124,79 @@ def test_a_worse_head_is_rolled_back_and_a_better_one_promoted(embedding_server,
             assert row["model_version"] == expected
         live = loop.live_feedback(log_db, since)
         assert sum(n for n, _ in live.values()) == 80
-        decision, reason = loop.decide(accuracy[stable], accuracy[candidate], live, stable, candidate)
+        decision, reason = loop.decide(
+            accuracy[stable], accuracy[candidate], live, stable, candidate
+        )
         assert decision == verdict, reason
         httpx.post(f"{router.url}/v1/{decision}").raise_for_status()
         after = httpx.get(router.url + "/v1/versions").json()
-        assert after["candidate"] is None and after["stable"] == (candidate if verdict == "promote" else stable)
+        assert after["candidate"] is None and after["stable"] == (
+            candidate if verdict == "promote" else stable
+        )
         answer = httpx.post(router.url + "/v1/classify", json={"text": heldout[0]["text"]}).json()
         assert answer["model_version"] == after["stable"]
 
 
 def test_router_errors_are_clear(embedding_server, loop, data, tmp_path):
     register_heads(tmp_path, embedding_server.url, loop, data)
-    with serve("data_flywheel/intent_router.py", "--registry", str(tmp_path / "registry"), "--stable", "good",
-               "--embedding-url", embedding_server.url) as router:
+    with serve(
+        "data_flywheel/intent_router.py",
+        "--registry",
+        str(tmp_path / "registry"),
+        "--stable",
+        "good",
+        "--embedding-url",
+        embedding_server.url,
+    ) as router:
         assert httpx.post(router.url + "/v1/promote").status_code == 409  # no candidate
         missing = httpx.post(router.url + "/v1/canary", json={"candidate": "v9"})
-        assert missing.status_code == 404 and "no version 'v9'" in missing.json()["error"]["message"]
+        assert (
+            missing.status_code == 404 and "no version 'v9'" in missing.json()["error"]["message"]
+        )
         assert httpx.post(router.url + "/v1/classify", json={"text": ""}).status_code == 400
-    proc = subprocess.run([sys.executable, str(SNIPPETS / "data_flywheel/intent_router.py"), "--registry",
-                           str(tmp_path / "registry"), "--stable", "nope"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "no version 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SNIPPETS / "data_flywheel/intent_router.py"),
+            "--registry",
+            str(tmp_path / "registry"),
+            "--stable",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        proc.returncode == 2
+        and "no version 'nope'" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
 
 def test_the_loop_runs_end_to_end_and_improves(embedding_server, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(SNIPPETS / LOOP), "--out", str(out), "--seeds", "1", "--rounds", "2",
-                           "--traffic", "100", "--canary", "40", "--embedding-url", embedding_server.url],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SNIPPETS / LOOP),
+            "--out",
+            str(out),
+            "--seeds",
+            "1",
+            "--rounds",
+            "2",
+            "--traffic",
+            "100",
+            "--canary",
+            "40",
+            "--embedding-url",
+            embedding_server.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "flywheel.json").read_text())
     rounds = result["runs"]["0"]
@@ -129,7 +207,9 @@ def test_the_loop_runs_end_to_end_and_improves(embedding_server, tmp_path):
     assert (out / "flywheel.png").read_bytes()[:4] == b"\x89PNG"
     card = json.loads((out / "seed-0" / "export-2" / "data_card.json").read_text())
     assert card["examples"]["train"] + card["examples"]["eval"] > 100
-    again = subprocess.run([sys.executable, str(SNIPPETS / LOOP), "--out", str(out)], capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, str(SNIPPETS / LOOP), "--out", str(out)], capture_output=True, text=True
+    )
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwrites a run
 
 

@@ -67,6 +67,11 @@ def test_cli_redacts_text_and_reports():
     report = run_snippet("data_flywheel/redact.py", "--report").splitlines()
     assert report[0].split() == ["email", "caught", "7", "missed", "3"]
     assert report[-1].split()[-4:] == ["kept", "21", "over_redacted", "1"]
-    proc = subprocess.run([sys.executable, str(SNIPPETS / "data_flywheel/redact.py")],
-                          check=False, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(SNIPPETS / "data_flywheel/redact.py")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "give a text to redact, or --report" in proc.stderr

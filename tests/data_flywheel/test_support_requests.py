@@ -51,9 +51,11 @@ def test_heldout_is_a_quarter_of_every_intent():
 def test_no_duplicates_or_near_duplicates():
     """No two texts share more than 80% of their words (token Jaccard similarity)."""
     tokens = [words(row["text"]) for row in ROWS]
-    close = [(ROWS[i]["text"], ROWS[j]["text"])
-             for i, j in itertools.combinations(range(len(ROWS)), 2)
-             if len(tokens[i] & tokens[j]) > 0.8 * len(tokens[i] | tokens[j])]
+    close = [
+        (ROWS[i]["text"], ROWS[j]["text"])
+        for i, j in itertools.combinations(range(len(ROWS)), 2)
+        if len(tokens[i] & tokens[j]) > 0.8 * len(tokens[i] | tokens[j])
+    ]
     assert close == []
 
 

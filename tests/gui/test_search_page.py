@@ -1,7 +1,6 @@
 """gui/search_page.py: the page loads in a browser and the search ranks the right document first."""
 
 import requests
-
 from helpers import serve
 
 
@@ -10,7 +9,9 @@ def test_page_and_search():
         page = requests.get(server.url + "/", timeout=10)
         assert page.headers["content-type"].startswith("text/html")
         assert 'fetch("/search"' in page.text
-        hits = requests.post(server.url + "/search", json={"query": "why is loading a pickle unsafe?"}, timeout=30)
+        hits = requests.post(
+            server.url + "/search", json={"query": "why is loading a pickle unsafe?"}, timeout=30
+        )
         assert hits.status_code == 200
         assert hits.json()["hits"][0]["document"].startswith("safetensors files")
         scores = [h["score"] for h in hits.json()["hits"]]

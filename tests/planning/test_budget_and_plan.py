@@ -30,9 +30,21 @@ def test_budget_arithmetic():
     assert budget.per_request(730, 1000) == pytest.approx(730 / 30_400)
     # $0.15 in / $0.60 out per 1M tokens, 800 + 250 tokens: $0.00027 a request
     assert budget.api_monthly(1, 800, 250, 0.15, 0.60) == pytest.approx(0.00027 * 30.4)
-    assert budget.break_even_requests_per_day(0.00027 * 30.4 * 1000, 800, 250, 0.15, 0.60) == pytest.approx(1000)
-    assert run_snippet("planning/budget.py", "--price-per-hour", "1", "--replicas", "2",
-                       "--requests-per-day", "1000").strip() == "$1,460 per month, $48.026 per 1,000 requests"
+    assert budget.break_even_requests_per_day(
+        0.00027 * 30.4 * 1000, 800, 250, 0.15, 0.60
+    ) == pytest.approx(1000)
+    assert (
+        run_snippet(
+            "planning/budget.py",
+            "--price-per-hour",
+            "1",
+            "--replicas",
+            "2",
+            "--requests-per-day",
+            "1000",
+        ).strip()
+        == "$1,460 per month, $48.026 per 1,000 requests"
+    )
 
 
 def test_peak_window_and_off_peak_billing():
@@ -40,34 +52,50 @@ def test_peak_window_and_off_peak_billing():
     assert day.offpeak_requests == 6000 - 0.8 * 2 * 3600 == 240 and day.offpeak_hours == 22
     # 240 requests in 22 h: one every 330 s, longer than 300 s idle + 10 s of work, so the replica sleeps
     # between them and each keeps it up 310 s: 240 x 310 / 3600 = 20.67 replica-hours
-    assert budget.offpeak_replica_hours(day, 0.45, request_seconds=10) == pytest.approx(240 * 310 / 3600)
-    assert budget.offpeak_replica_hours(day, 0.45, min_replicas=1, request_seconds=10) == 22  # kept warm anyway
+    assert budget.offpeak_replica_hours(day, 0.45, request_seconds=10) == pytest.approx(
+        240 * 310 / 3600
+    )
+    assert (
+        budget.offpeak_replica_hours(day, 0.45, min_replicas=1, request_seconds=10) == 22
+    )  # kept warm anyway
     # 3 peak replicas for 2 h + 20.67 h off peak, $1 an hour, 30.4 days: not one replica's day
-    assert budget.autoscaled_monthly(1.0, day, 3, 0.45, request_seconds=10) == pytest.approx((3 * 2 + 240 * 310 / 3600) * 30.4)
+    assert budget.autoscaled_monthly(1.0, day, 3, 0.45, request_seconds=10) == pytest.approx(
+        (3 * 2 + 240 * 310 / 3600) * 30.4
+    )
     busy = budget.Traffic(requests_per_day=86_400, peak_rps=2, peak_hours=6)
     # 86,400 - 2 x 6 x 3,600 = 43,200 requests in 18 h = 0.667/s, one every 1.5 s: never idle; at 0.5/s per
     # replica and 70 % busy that is ceil(0.667 / 0.35) = 2 replicas for 18 h
     assert budget.offpeak_replica_hours(busy, 0.5) == 2 * 18
-    assert budget.offpeak_replica_hours(budget.Traffic(5760, 0.8, 2), 0.45) == 0  # all traffic in the peak
+    assert (
+        budget.offpeak_replica_hours(budget.Traffic(5760, 0.8, 2), 0.45) == 0
+    )  # all traffic in the peak
 
 
 def test_host_rules():
     assert hosts.rule_exclusion(EU, HOSTS["Lambda 1x H100 SXM instance"]) == "no region in EU"
     assert hosts.rule_exclusion(EU, HOSTS["AWS EC2 g5.xlarge (1x A10G)"]) is None
-    assert hosts.rule_exclusion(EU, HOSTS["Modal serverless L4"]).startswith("requests pass through US")
+    assert hosts.rule_exclusion(EU, HOSTS["Modal serverless L4"]).startswith(
+        "requests pass through US"
+    )
     us_or_eu = {"privacy": {"pii": False, "data_residency": ["US", "EU"], "on_premises": False}}
     assert hosts.rule_exclusion(us_or_eu, HOSTS["Modal serverless L4"]) is None
     on_prem = {"privacy": {"pii": True, "data_residency": ["ANY"], "on_premises": True}}
-    assert hosts.rule_exclusion(on_prem, HOSTS["Modal serverless L4"]) == "data must stay on premises"
+    assert (
+        hosts.rule_exclusion(on_prem, HOSTS["Modal serverless L4"]) == "data must stay on premises"
+    )
 
 
 def test_a_spec_pays_the_price_of_a_region_it_allows():
     anywhere = {"privacy": {"pii": False, "data_residency": ["ANY"], "on_premises": False}}
     assert hosts.price_for(EU, HOSTS["AWS EC2 g5.xlarge (1x A10G)"])["location"] == "eu-north-1"
-    assert hosts.price_for(anywhere, HOSTS["AWS EC2 g5.xlarge (1x A10G)"])["per_hour"] == 1.006  # the cheaper
+    assert (
+        hosts.price_for(anywhere, HOSTS["AWS EC2 g5.xlarge (1x A10G)"])["per_hour"] == 1.006
+    )  # the cheaper
     modal = HOSTS["Modal serverless H100"]
     assert hosts.price_for(anywhere, modal)["per_hour"] == 3.9492  # no region pinned: base price
-    assert hosts.price_for(EU, modal)["per_hour"] == pytest.approx(3.9492 * 1.5)  # pinned: Modal's x1.5
+    assert hosts.price_for(EU, modal)["per_hour"] == pytest.approx(
+        3.9492 * 1.5
+    )  # pinned: Modal's x1.5
     assert hosts.price_for(EU, HOSTS["Amazon SageMaker AI ml.g5.xlarge endpoint (1x A10G)"]) is None
 
 
@@ -76,10 +104,16 @@ def test_every_price_is_sourced_dated_and_marked():
     assert "as_of" not in data  # no file-level date that reads as price freshness
     for price in [p for h in data["hosts"] for p in h["prices"]] + data["api_prices"]:
         assert price["source"].startswith("https://") and price["checked_via"], price
-        assert isinstance(price["checked"], datetime.date) and isinstance(price["verified"], bool), price
-        assert price["as_of"] or not price["verified"], price  # an undated figure cannot count as re-checked
+        assert isinstance(price["checked"], datetime.date) and isinstance(
+            price["verified"], bool
+        ), price
+        assert price["as_of"] or not price["verified"], (
+            price
+        )  # an undated figure cannot count as re-checked
     lambda8 = HOSTS["Lambda 8x H100 SXM instance"]
-    assert lambda8["gpus"] == 8 and lambda8["prices"][0]["per_hour"] == pytest.approx(8 * 3.99)  # whole instance
+    assert lambda8["gpus"] == 8 and lambda8["prices"][0]["per_hour"] == pytest.approx(
+        8 * 3.99
+    )  # whole instance
     assert all(p["per_hour"] != 2.99 for h in HOSTS.values() for p in h["prices"])
     for gpu in ("H200", "B200", "MI300X"):
         assert any(gpu in h["gpu"] for h in HOSTS.values() if h["gpu"] and h["prices"]), gpu
@@ -98,20 +132,34 @@ def test_internal_chat_plan():
     assert hf["capacity_rps"] == pytest.approx(0.447, abs=0.001) and hf["replicas"] == 3
     # scale to zero, EU price $1: 3 replicas x 2 peak hours, then 240 requests 330 s apart, each keeping
     # a replica up 300 s + 11.95 s: 240 x 311.95 / 3600 = 20.80 h; (6 + 20.80) x $1 x 30.4 = $814.6
-    assert hf["monthly"] == pytest.approx((3 * 2 + 240 * (300 + 11.954) / 3600) * 1.0 * 30.4, abs=0.05)
-    assert rows["AWS EC2 g5.xlarge (1x A10G)"]["monthly"] == pytest.approx(3 * 1.067 * 730)  # EU price, always on
+    assert hf["monthly"] == pytest.approx(
+        (3 * 2 + 240 * (300 + 11.954) / 3600) * 1.0 * 30.4, abs=0.05
+    )
+    assert rows["AWS EC2 g5.xlarge (1x A10G)"]["monthly"] == pytest.approx(
+        3 * 1.067 * 730
+    )  # EU price, always on
     text = run_snippet("planning/plan.py", str(SPECS / "internal-chat.yaml"))
-    assert "**Recommendation: Hugging Face Inference Endpoints nvidia-a10g x1 (AWS)**, 3 replica(s), about $815" in text
-    assert "**llama-3.1-8b**: 8.03 B parameters" in text and "KV cache in bf16: 128 KiB per token" in text
+    assert (
+        "**Recommendation: Hugging Face Inference Endpoints nvidia-a10g x1 (AWS)**, 3 replica(s), about $815"
+        in text
+    )
+    assert (
+        "**llama-3.1-8b**: 8.03 B parameters" in text
+        and "KV cache in bf16: 128 KiB per token" in text
+    )
     assert "- Lambda 1x H100 SXM instance: no region in EU" in text
     assert "- AWS EC2 c7i.xlarge (4 vCPU, no GPU): no accelerator" in text
     # 300 GB/s: 0.6 x 300e9 / (16.0605e9 + 925 x 131,072) = 11.1 tok/s at batch 1; 250 tokens take 22.5 s
-    assert ("- AWS EC2 g6.xlarge (1x L4): too slow: estimated 22.8 s per request even alone (prefill 0.31 s "
-            "+ 250 tokens at 11.1 tokens/s) > p95 target 12 s") in text
+    assert (
+        "- AWS EC2 g6.xlarge (1x L4): too slow: estimated 22.8 s per request even alone (prefill 0.31 s "
+        "+ 250 tokens at 11.1 tokens/s) > p95 target 12 s"
+    ) in text
 
 
 def test_embedding_plan_uses_the_measured_cpu_throughput():
-    rps = plan.measured_cpu_embeddings_rps()  # today 403.5/s: ceil(600 / 282.45) + 1 = 4 replicas, $521
+    rps = (
+        plan.measured_cpu_embeddings_rps()
+    )  # today 403.5/s: ceil(600 / 282.45) + 1 = 4 replicas, $521
     replicas = math.ceil(600 / (rps * 0.7)) + 1  # the availability target 99.9 % adds a spare
     c7i = rows_of("embedding-api")["AWS EC2 c7i.xlarge (4 vCPU, no GPU)"]
     assert c7i["replicas"] == replicas and c7i["monthly"] == pytest.approx(replicas * 0.1785 * 730)
@@ -154,19 +202,33 @@ def test_70b_plan_splits_the_model_over_two_gpus():
     # $10 x (1 x 3 h + 1 x 21 h) x 30.4 days = $7,296
     assert h200x2["monthly"] == pytest.approx(10 * (1 * 3 + 1 * 21) * 30.4)
     one_h200 = rows["Hugging Face Inference Endpoints nvidia-h200 x1 (AWS)"]["out"]
-    assert one_h200.startswith("does not fit: 131.4 GiB of bf16 weights on the GPU")  # 141.1e9 B > 0.9 x 141 GiB
+    assert one_h200.startswith(
+        "does not fit: 131.4 GiB of bf16 weights on the GPU"
+    )  # 141.1e9 B > 0.9 x 141 GiB
     text = run_snippet("planning/plan.py", str(SPECS / "research-70b.yaml"))
-    assert "| Hugging Face Inference Endpoints nvidia-h200 x2 (AWS) | tp=2 over NVLink 4 | 1 |" in text
+    assert (
+        "| Hugging Face Inference Endpoints nvidia-h200 x2 (AWS) | tp=2 over NVLink 4 | 1 |" in text
+    )
     assert "65.7 GiB of weights and 80 KiB of KV cache per token on each GPU" in text
-    assert "0.4 ms over NVLink 4, 2.6 ms over PCIe" in text  # 64 x 2.62 MB = 168 MB at 450 vs 64 GB/s
+    assert (
+        "0.4 ms over NVLink 4, 2.6 ms over PCIe" in text
+    )  # 64 x 2.62 MB = 168 MB at 450 vs 64 GB/s
 
 
 def test_bad_spec_gets_one_line_per_problem(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text((SPECS / "internal-chat.yaml").read_text().replace("budget_per_month_usd: 2500", ""))
-    proc = subprocess.run([sys.executable, SNIPPETS / "planning/plan.py", path], capture_output=True, text=True,
-                          check=False)
-    assert proc.returncode == 1 and proc.stderr.strip() == f"{path}: 'budget_per_month_usd': missing"
+    path.write_text(
+        (SPECS / "internal-chat.yaml").read_text().replace("budget_per_month_usd: 2500", "")
+    )
+    proc = subprocess.run(
+        [sys.executable, SNIPPETS / "planning/plan.py", path],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (
+        proc.returncode == 1 and proc.stderr.strip() == f"{path}: 'budget_per_month_usd': missing"
+    )
 
 
 def test_site_pages_are_generated_by_the_build():
@@ -174,11 +236,18 @@ def test_site_pages_are_generated_by_the_build():
     import render_data
 
     page = render_data.render((REPO / "docs" / "planning" / "index.md").read_text())
-    for name in ("Internal chat assistant", "High-volume embedding API", "Regulated on-premises deployment",
-                 "Engineering research assistant (70B)"):
+    for name in (
+        "Internal chat assistant",
+        "High-volume embedding API",
+        "Regulated on-premises deployment",
+        "Engineering research assistant (70B)",
+    ):
         assert f"## Plan: {name}" in page
     hosts_page = render_data.render((REPO / "docs" / "compute-host" / "index.md").read_text())
-    assert "**not re-checked**" in hosts_page and "| Lambda 8x H100 SXM instance | 8 x H100-SXM-80GB (GPU link)" in hosts_page
+    assert (
+        "**not re-checked**" in hosts_page
+        and "| Lambda 8x H100 SXM instance | 8 x H100-SXM-80GB (GPU link)" in hosts_page
+    )
     budget_page = render_data.render((REPO / "docs" / "budget" / "index.md").read_text())
     assert "<!-- render:" not in budget_page and "<!-- figure:" not in budget_page
     assert f"{plan.measured_cpu_embeddings_rps():g} requests/s measured per replica" in budget_page

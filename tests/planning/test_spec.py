@@ -25,18 +25,37 @@ BAD = [
     ({"latency_p95_ms": 0}, "'latency_p95_ms': must be > 0, got 0"),
     ({"budget_per_month_usd": None}, "'budget_per_month_usd': must be a number, got None"),
     ({"input_tokens": 2.5}, "'input_tokens': must be an integer, got 2.5"),
-    ({"use_case": "chatting"}, "'use_case': must be one of chat, generation, embedding, classification"),
+    (
+        {"use_case": "chatting"},
+        "'use_case': must be one of chat, generation, embedding, classification",
+    ),
     ({"availability": 99.9}, "'availability': must be a fraction between 0 and 1, e.g. 0.999"),
     ({"model": "gpt-99"}, "'model': unknown model 'gpt-99'"),
-    ({"privacy": {"pii": True, "data_residency": ["MARS"], "on_premises": False}},
-     "'privacy': data_residency must be a list of ANY, EU, US, UK, APAC"),
-    ({"peak_requests_per_second": 0.01}, "'peak_requests_per_second': below the daily average (0.07/s)"),
-    ({"peak_hours_per_day": 0}, "'peak_hours_per_day': must be the hours per day at peak load, more than 0"),
+    (
+        {"privacy": {"pii": True, "data_residency": ["MARS"], "on_premises": False}},
+        "'privacy': data_residency must be a list of ANY, EU, US, UK, APAC",
+    ),
+    (
+        {"peak_requests_per_second": 0.01},
+        "'peak_requests_per_second': below the daily average (0.07/s)",
+    ),
+    (
+        {"peak_hours_per_day": 0},
+        "'peak_hours_per_day': must be the hours per day at peak load, more than 0",
+    ),
     ({"peak_hours_per_day": 25}, "'peak_hours_per_day': must be the hours per day at peak load"),
     # 0.8/s for 3 h = 0.8 x 3 x 3,600 = 8,640 requests, but the day has only 6,000: 6,000 / 2,880 = 2.08 h
-    ({"peak_hours_per_day": 3}, ("'peak_hours_per_day': 3 h at the peak rate is 8,640 requests, more than "
-                                "requests_per_day (6,000); at most 2.08 h")),
-    ({"dtype": {"weights": "fp4"}}, "'dtype': must map weights and/or kv_cache to one of bf16, fp8, int8, int4"),
+    (
+        {"peak_hours_per_day": 3},
+        (
+            "'peak_hours_per_day': 3 h at the peak rate is 8,640 requests, more than "
+            "requests_per_day (6,000); at most 2.08 h"
+        ),
+    ),
+    (
+        {"dtype": {"weights": "fp4"}},
+        "'dtype': must map weights and/or kv_cache to one of bf16, fp8, int8, int4",
+    ),
     ({"dtype": {"activations": "fp8"}}, "'dtype': must map weights and/or kv_cache"),
     ({"quality_bar": " "}, "'quality_bar': must say how quality is judged"),
 ]
@@ -54,21 +73,34 @@ def test_dtype_is_optional_and_takes_weights_and_kv_cache_separately():
 
 
 def test_missing_budget_and_all_problems_at_once(tmp_path):
-    bad = {k: v for k, v in GOOD.items() if k != "budget_per_month_usd"} | {"requests_per_day": -1, "x": 1}
+    bad = {k: v for k, v in GOOD.items() if k != "budget_per_month_usd"} | {
+        "requests_per_day": -1,
+        "x": 1,
+    }
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    proc = subprocess.run([sys.executable, SNIPPETS / "planning/spec.py", path], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, SNIPPETS / "planning/spec.py", path],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 1
-    assert proc.stderr.splitlines() == [f"{path}: 'x': unknown field",
-                                        f"{path}: 'requests_per_day': must be >= 0, got -1",
-                                        f"{path}: 'budget_per_month_usd': missing"]
+    assert proc.stderr.splitlines() == [
+        f"{path}: 'x': unknown field",
+        f"{path}: 'requests_per_day': must be >= 0, got -1",
+        f"{path}: 'budget_per_month_usd': missing",
+    ]
 
 
 def test_unreadable_spec_is_one_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: [unclosed")
-    proc = subprocess.run([sys.executable, SNIPPETS / "planning/spec.py", path], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, SNIPPETS / "planning/spec.py", path],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert "cannot read the spec" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,7 +1,7 @@
 """scale_out/embeddings_on_ray.py: the embedding service on Ray Serve, started with its one
 command on loopback. The `openai` client gets the model's embeddings; two replicas both serve;
-back-pressure is a 503 with an OpenAI-style body; SIGTERM leaves no Ray process behind; and the
-same app runs from its config file with `serve run`.
+back-pressure is a 503 with an OpenAI-style body; SIGTERM leaves no Ray process behind.
+(test_ray_config.py runs the same app from its config file with `serve run`.)
 """
 
 import asyncio
@@ -9,18 +9,16 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import requests
-import yaml
+from helpers import REPO, SNIPPETS, free_port, wait_until
 from openai import OpenAI
 
-from helpers import REPO, SNIPPETS, free_port, wait_until
-
 APP = "scale_out/embeddings_on_ray.py"
-CONFIG = SNIPPETS / "scale_out" / "ray_config.yaml"
 MODEL = "all-MiniLM-L6-v2"
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "dashboard", "log_monitor")
 
@@ -30,7 +28,12 @@ def ray_processes() -> list[str]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (
+                Path(f"/proc/{pid}/cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
         except OSError:
             continue
         if any(name in cmdline for name in RAY_PROCESSES) and "pytest" not in cmdline:
@@ -39,9 +42,19 @@ def ray_processes() -> list[str]:
 
 
 def start(command: list[str], url: str, timeout: float = 240) -> subprocess.Popen:
-    proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    if not wait_until(lambda: proc.poll() is not None or ready(url), timeout=timeout, interval=0.5) or proc.poll():
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    if (
+        not wait_until(lambda: proc.poll() is not None or ready(url), timeout=timeout, interval=0.5)
+        or proc.poll()
+    ):
         proc.kill()
         raise RuntimeError(f"{command[1:3]} did not start: {proc.stderr.read()[-3000:]}")
     return proc
@@ -49,7 +62,12 @@ def start(command: list[str], url: str, timeout: float = 240) -> subprocess.Pope
 
 def ready(url: str) -> bool:
     try:
-        return requests.post(url + "/v1/embeddings", json={"model": MODEL, "input": "up?"}, timeout=5).status_code == 200
+        return (
+            requests.post(
+                url + "/v1/embeddings", json={"model": MODEL, "input": "up?"}, timeout=5
+            ).status_code
+            == 200
+        )
     except requests.RequestException:
         return False
 
@@ -68,26 +86,47 @@ def ray_app():
     """Two fixed replicas, each refusing work beyond 4 requests in flight (to see back-pressure)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start([sys.executable, str(SNIPPETS / APP), "--port", str(port), "--replicas", "2", "--max-in-flight", "4"],
-                 url)
+    proc = start(
+        [
+            sys.executable,
+            str(SNIPPETS / APP),
+            "--port",
+            str(port),
+            "--replicas",
+            "2",
+            "--max-in-flight",
+            "4",
+        ],
+        url,
+    )
     yield url
     assert stop(proc) == 0
-    assert wait_until(lambda: not ray_processes(), timeout=30), ray_processes()  # nothing left running
+    assert wait_until(lambda: not ray_processes(), timeout=30), (
+        ray_processes()
+    )  # nothing left running
 
 
 def test_the_openai_client_gets_the_models_embeddings(ray_app, embed_one):
     texts = ["Ray Serve batches inside each replica", "the same answers as the model called alone"]
-    reply = OpenAI(base_url=ray_app + "/v1", api_key="unused").embeddings.create(model=MODEL, input=texts)
+    reply = OpenAI(base_url=ray_app + "/v1", api_key="unused").embeddings.create(
+        model=MODEL, input=texts
+    )
     for item, text in zip(reply.data, texts):
         assert float(np.dot(item.embedding, embed_one(text))) >= 0.9999
-    bad = requests.post(ray_app + "/v1/embeddings", json={"model": MODEL, "input": ["ok", 7]}, timeout=30)
-    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("Invalid 'input[1]'")
+    bad = requests.post(
+        ray_app + "/v1/embeddings", json={"model": MODEL, "input": ["ok", 7]}, timeout=30
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith(
+        "Invalid 'input[1]'"
+    )
 
 
 def many_at_once(url: str, count: int) -> list[httpx.Response]:
     async def one(i):
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            return await client.post("/v1/embeddings", json={"model": MODEL, "input": f"{i} " + "word " * 120})
+            return await client.post(
+                "/v1/embeddings", json={"model": MODEL, "input": f"{i} " + "word " * 120}
+            )
 
     async def run():
         return await asyncio.gather(*(one(i) for i in range(count)))
@@ -98,7 +137,9 @@ def many_at_once(url: str, count: int) -> list[httpx.Response]:
 def test_two_replicas_both_serve(ray_app):
     replicas = set()
     for _ in range(5):
-        replicas |= {r.headers["x-replica"] for r in many_at_once(ray_app, 8) if r.status_code == 200}
+        replicas |= {
+            r.headers["x-replica"] for r in many_at_once(ray_app, 8) if r.status_code == 200
+        }
         if len(replicas) == 2:
             break
     assert len(replicas) == 2
@@ -110,19 +151,3 @@ def test_back_pressure_is_a_503_with_a_json_body(ray_app):
     assert statuses == {200, 503}, statuses
     refused = next(r for r in responses if r.status_code == 503)
     assert refused.json()["error"]["code"] == "queue_full" and refused.headers["retry-after"] == "1"
-
-
-def test_serve_run_with_the_config_file(tmp_path):
-    """`serve run config.yaml`, the command a reader runs, on a free port; Ctrl-C stops it all."""
-    config = yaml.safe_load(CONFIG.read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    serve_cli = str(REPO / ".venv" / "bin" / "serve") if (REPO / ".venv" / "bin" / "serve").exists() else "serve"
-    proc = start([serve_cli, "run", str(tmp_path / "config.yaml")], f"http://127.0.0.1:{port}")
-    try:
-        answer = requests.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": MODEL, "input": "hi"})
-        assert len(answer.json()["data"][0]["embedding"]) == 384
-    finally:
-        stop(proc, signal.SIGINT)
-    assert wait_until(lambda: not ray_processes(), timeout=60), ray_processes()

@@ -44,16 +44,21 @@ def strict(schema):
     if not isinstance(schema, dict):
         return schema
     out = {key: strict(value) for key, value in schema.items()}
-    if ("properties" in out and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
 
 def problems(manifest: dict, validator: Draft202012Validator) -> list[str]:
     """Every schema violation in the manifest, as 'path: message'."""
-    return sorted(f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-                  for e in validator.iter_errors(manifest))
+    return sorted(
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(manifest)
+    )
 
 
 def predictor(manifest: dict) -> dict:
@@ -80,10 +85,16 @@ def test_fields_the_page_relies_on(manifest):
     assert manifest["apiVersion"] == "serving.kserve.io/v1beta1"
     assert manifest["kind"] == "InferenceService"
     assert manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
-    scaling = {k: predictor(manifest)[k] for k in ("minReplicas", "maxReplicas", "scaleMetric",
-                                                    "scaleTarget")}
-    assert scaling == {"minReplicas": 1, "maxReplicas": 4, "scaleMetric": "concurrency",
-                       "scaleTarget": 8}
+    scaling = {
+        k: predictor(manifest)[k]
+        for k in ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget")
+    }
+    assert scaling == {
+        "minReplicas": 1,
+        "maxReplicas": 4,
+        "scaleMetric": "concurrency",
+        "scaleTarget": 8,
+    }
     model = predictor(manifest)["model"]
     assert model["modelFormat"]["name"] == "huggingface"
     assert model["storageUri"] == "hf://sentence-transformers/all-MiniLM-L6-v2"
@@ -97,20 +108,44 @@ def rename(mapping: dict, old: str, new: str) -> None:
 
 
 MISTAKES = [  # (what is wrong, how to break the manifest, what the check must say)
-    ("misspelt field", lambda m: rename(predictor(m), "minReplicas", "minReplica"),
-     ["spec.predictor: Additional properties are not allowed ('minReplica' was unexpected)"]),
-    ("misplaced field", lambda m: rename(m["spec"], "predictor", "model"),
-     ["spec: 'predictor' is a required property",
-      "spec: Additional properties are not allowed ('model' was unexpected)"]),
-    ("string for an integer", lambda m: predictor(m).update(maxReplicas="four"),
-     ["spec.predictor.maxReplicas: 'four' is not of type 'integer'"]),
-    ("unknown scale metric", lambda m: predictor(m).update(scaleMetric="latency"),
-     ["spec.predictor.scaleMetric: 'latency' is not one of "
-      "['cpu', 'memory', 'concurrency', 'rps']"]),
-    ("model format without a name", lambda m: predictor(m)["model"]["modelFormat"].pop("name"),
-     ["spec.predictor.model.modelFormat: 'name' is a required property"]),
-    ("args as one string", lambda m: predictor(m)["model"].update(args="--task=text_embedding"),
-     ["spec.predictor.model.args: '--task=text_embedding' is not of type 'array'"]),
+    (
+        "misspelt field",
+        lambda m: rename(predictor(m), "minReplicas", "minReplica"),
+        ["spec.predictor: Additional properties are not allowed ('minReplica' was unexpected)"],
+    ),
+    (
+        "misplaced field",
+        lambda m: rename(m["spec"], "predictor", "model"),
+        [
+            "spec: 'predictor' is a required property",
+            "spec: Additional properties are not allowed ('model' was unexpected)",
+        ],
+    ),
+    (
+        "string for an integer",
+        lambda m: predictor(m).update(maxReplicas="four"),
+        ["spec.predictor.maxReplicas: 'four' is not of type 'integer'"],
+    ),
+    (
+        "unknown scale metric",
+        lambda m: predictor(m).update(scaleMetric="latency"),
+        [
+            (
+                "spec.predictor.scaleMetric: 'latency' is not one of "
+                "['cpu', 'memory', 'concurrency', 'rps']"
+            )
+        ],
+    ),
+    (
+        "model format without a name",
+        lambda m: predictor(m)["model"]["modelFormat"].pop("name"),
+        ["spec.predictor.model.modelFormat: 'name' is a required property"],
+    ),
+    (
+        "args as one string",
+        lambda m: predictor(m)["model"].update(args="--task=text_embedding"),
+        ["spec.predictor.model.args: '--task=text_embedding' is not of type 'array'"],
+    ),
 ]
 
 
@@ -122,14 +157,36 @@ def test_mistakes_are_rejected(change, expected, manifest, validator):
 
 
 def test_schema_from_crd_picks_the_version_and_strict_closes_objects():
-    crd = {"spec": {"versions": [
-        {"name": "v1alpha1", "schema": {"openAPIV3Schema": {"type": "string"}}},
-        {"name": "v1beta1", "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-            "spec": {"type": "object", "properties": {"n": {"type": "integer"}}},
-            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                     "properties": {"a": {"type": "string"}}},
-            "labels": {"type": "object", "additionalProperties": {"type": "string"}}}}}},
-    ]}}
+    crd = {
+        "spec": {
+            "versions": [
+                {"name": "v1alpha1", "schema": {"openAPIV3Schema": {"type": "string"}}},
+                {
+                    "name": "v1beta1",
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "properties": {"n": {"type": "integer"}},
+                                },
+                                "free": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                    "properties": {"a": {"type": "string"}},
+                                },
+                                "labels": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                },
+                            },
+                        }
+                    },
+                },
+            ]
+        }
+    }
     closed = strict(schema_from_crd(crd))
     assert closed["additionalProperties"] is False
     assert closed["properties"]["spec"]["additionalProperties"] is False

@@ -3,9 +3,8 @@
 import time
 
 import torch
-from transformers import AutoModelForCausalLM
-
 from helpers import load_snippet, run_snippet
+from transformers import AutoModelForCausalLM
 
 
 def test_converted_folder_is_plain_and_fast(smollm2_dir):

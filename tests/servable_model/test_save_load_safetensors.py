@@ -11,5 +11,7 @@ def test_reload_is_bit_exact(tmp_path):
     tensors, megabytes = re.search(r"saved (\d+) tensors, ([\d.]+) MB", out).groups()
     assert int(tensors) > 100
     # the file holds exactly the float32 weights: 22.7 M parameters x 4 bytes
-    assert abs(float(megabytes) - (tmp_path / "copy" / "model.safetensors").stat().st_size / 1e6) < 0.1
+    assert (
+        abs(float(megabytes) - (tmp_path / "copy" / "model.safetensors").stat().st_size / 1e6) < 0.1
+    )
     assert 85 < float(megabytes) < 95

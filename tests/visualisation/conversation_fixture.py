@@ -45,15 +45,35 @@ def request_log():
     return load_snippet("backends/request_log.py")
 
 
-def add_request(conn, request_id: str, created: float, messages: list, answer: str,
-                model_version: str = "v1", rating: int | None = None) -> None:
+def add_request(
+    conn,
+    request_id: str,
+    created: float,
+    messages: list,
+    answer: str,
+    model_version: str = "v1",
+    rating: int | None = None,
+) -> None:
     """One answered chat request, rated 30 s later when `rating` is given."""
-    conn.execute(request_log().INSERT, (request_id, created, "/v1/chat/completions", MODEL,
-                                        model_version, None, json.dumps(messages),
-                                        json.dumps(answer), 850.0, 200))
+    conn.execute(
+        request_log().INSERT,
+        (
+            request_id,
+            created,
+            "/v1/chat/completions",
+            MODEL,
+            model_version,
+            None,
+            json.dumps(messages),
+            json.dumps(answer),
+            850.0,
+            200,
+        ),
+    )
     if rating is not None:
-        conn.execute("INSERT INTO feedback VALUES (?, ?, NULL, NULL, ?)",
-                     (request_id, rating, created + 30))
+        conn.execute(
+            "INSERT INTO feedback VALUES (?, ?, NULL, NULL, ?)", (request_id, rating, created + 30)
+        )
 
 
 def write_log(path, start: float | None = None, model_version: str = "v1") -> None:
@@ -68,5 +88,6 @@ def write_log(path, start: float | None = None, model_version: str = "v1") -> No
 
 def export(path) -> None:
     """The same requests as a JSON export."""
-    path.write_text(json.dumps([{"id": i, "messages": m, "answer": a, "rating": r}
-                                for i, m, a, r in REQUESTS]))
+    path.write_text(
+        json.dumps([{"id": i, "messages": m, "answer": a, "rating": r} for i, m, a, r in REQUESTS])
+    )

@@ -18,15 +18,23 @@ def promtool() -> str:
     """promtool's path; a missing promtool fails the test, since the rules are then unchecked."""
     path = shutil.which("promtool")
     if path is None:
-        pytest.fail("promtool not found: install Debian's prometheus package "
-                    "(apt-get install prometheus), which ships /usr/bin/promtool")
+        pytest.fail(
+            "promtool not found: install Debian's prometheus package "
+            "(apt-get install prometheus), which ships /usr/bin/promtool"
+        )
     return path
 
 
 def run(promtool: str, *args: str) -> subprocess.CompletedProcess:
     """Run promtool in the rules' folder, where the test file finds alert_rules.yml."""
-    return subprocess.run([promtool, *args], cwd=RULES.parent, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [promtool, *args],
+        cwd=RULES.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def alerts() -> list[dict]:

@@ -47,8 +47,11 @@ def test_structure(log_db):
     shared = next(n for n in graph if graph.nodes[n]["text"] == A1)
     assert graph.nodes[shared]["requests"] == 3  # its own request and the two that continued it
     assert graph.nodes[shared]["rating"] == -1
-    branch_edges = {(graph.nodes[a]["text"], graph.nodes[b]["text"])
-                    for a, b, branch in graph.edges(data="branch") if branch}
+    branch_edges = {
+        (graph.nodes[a]["text"], graph.nodes[b]["text"])
+        for a, b, branch in graph.edges(data="branch")
+        if branch
+    }
     assert branch_edges == {(Q1, A1), (Q1, A1_AGAIN), (A1, Q2), (A1, Q2_EDITED)}
 
 
@@ -66,8 +69,9 @@ def test_dot_and_png(log_db, tmp_path):
     assert dot.count("style=dashed") == 4
     png = tmp_path / "g.png"
     out = run_snippet("visualisation/conversation_graph.py", str(log_db), "--png", str(png))
-    assert out == ("5 requests, 2 conversations, 9 messages, "
-                   "1 regenerated answers, 1 edited questions\n")
+    assert out == (
+        "5 requests, 2 conversations, 9 messages, 1 regenerated answers, 1 edited questions\n"
+    )
     assert png.read_bytes()[:4] == b"\x89PNG"
     if os.environ.get("SCREENSHOTS") == "1":  # the image on the visualisation page
         graph_module.draw(graph, REPO / "docs/visualisation/img/conversation-graph.png")

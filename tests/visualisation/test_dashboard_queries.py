@@ -17,8 +17,12 @@ def llm_registry():
     registry = CollectorRegistry()
     return registry, {
         "requests": Counter("llm_requests", "", ["route", "status"], registry=registry),
-        "ttft": Histogram("llm_time_to_first_token_seconds", "", registry=registry,
-                          buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)),
+        "ttft": Histogram(
+            "llm_time_to_first_token_seconds",
+            "",
+            registry=registry,
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        ),
         "waiting": Gauge("llm_waiting_sequences", "", registry=registry),
     }
 
@@ -87,8 +91,15 @@ def test_feedback_by_version(tmp_path):
     with conn:
         for version, day, ratings in plan:
             for i, rating in enumerate(ratings):
-                add_request(conn, f"{version}-{day}-{i}", day * DAY + 3600 + i, [], "answer",
-                            version, rating)
+                add_request(
+                    conn,
+                    f"{version}-{day}-{i}",
+                    day * DAY + 3600 + i,
+                    [],
+                    "answer",
+                    version,
+                    rating,
+                )
     conn.close()
     rows = queries.feedback_by_version(str(path), bucket_s=DAY)
     columns = ("model_version", "period", "requests", "rated", "thumbs_up", "ratio")

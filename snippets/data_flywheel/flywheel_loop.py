@@ -54,7 +54,7 @@ def decide(
     stable: str,
     candidate: str,
     min_ratings: int = 15,
-    max_live_drop: float = 0.05,
+    max_live_drop: float = 0.10,
 ) -> tuple[str, str]:
     """Promote the candidate only if it is at least as accurate on the held-out set AND, during
     the canary, its share of thumbs-up is no more than `max_live_drop` below the stable head's
@@ -435,9 +435,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--traffic", type=int, default=80, help="requests per round")
+    parser.add_argument("--traffic", type=int, default=70, help="requests per round")
     parser.add_argument(
-        "--canary", type=int, default=40, help="requests while the candidate is a canary"
+        "--canary", type=int, default=60, help="requests while the candidate is a canary"
     )
     parser.add_argument(
         "--feedback-rate", type=float, default=0.8, help="share of users who rate an answer"

@@ -14,9 +14,11 @@ from helpers import free_port
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium. A missing browser fails the tests with the fix, never skips them."""
+    """Headless Chromium, one per test module. A missing browser fails the tests with the fix,
+    never skips them. Not per session: Playwright's sync API keeps an event loop running in the
+    main thread while it is open, and later tests that call asyncio.run() would fail."""
     if not Path(CHROMIUM).exists():
         pytest.fail(
             f"Chromium not found at {CHROMIUM}: install Debian's package "

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 import requests
-from helpers import load_snippet, run_snippet, serve
+from helpers import load_snippet, run_snippet, serve, wait_until
 from openai import OpenAI
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -174,7 +174,11 @@ def test_sigkill_mid_burst_loses_no_answered_request(tmp_path):
         socks = [
             raw_embedding_request(port, f"burst request {i} " + "word " * 50) for i in range(120)
         ]
-        time.sleep(1.0)  # some are answered, many are still queued
+        assert wait_until(
+            lambda: log_db.exists() and rows(log_db, "SELECT COUNT(*) FROM requests")[0][0] >= 10,
+            timeout=60,
+            interval=0.01,
+        )  # some are answered and logged, many are still queued
         srv.proc.send_signal(signal.SIGKILL)
         answered = [body["id"] for body in map(read_whole_response, socks) if body]
     assert 0 < len(answered) < 120  # the kill really landed mid-burst

@@ -4,6 +4,7 @@ allows, and say why each other host is out.
     python snippets/planning/hosts.py data/specs/on-prem-regulated.yaml
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -49,10 +50,15 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     from spec import SpecError, known_model_names, load_spec
 
+    parser = argparse.ArgumentParser(
+        description="Which hosts a spec's rules allow, and their prices"
+    )
+    parser.add_argument("spec", type=Path, help="the spec, a YAML file")
+    args = parser.parse_args()
     try:
-        spec = load_spec(Path(sys.argv[1]), known_model_names())
-    except (SpecError, IndexError) as error:
-        sys.exit(str(error) or "usage: python snippets/planning/hosts.py SPEC.yaml")
+        spec = load_spec(args.spec, known_model_names())
+    except SpecError as error:
+        sys.exit(str(error))
     for host in load_hosts():
         reason = rule_exclusion(spec, host)
         price = None if reason else price_for(spec, host)

@@ -9,6 +9,7 @@ across a tensor-parallel group, count replicas for the peak, cost a day of traff
 that breaks a rule or the budget (saying why, with the figure it rests on), and compare with an API.
 """
 
+import argparse
 import functools
 import json
 import math
@@ -465,9 +466,12 @@ def plan(spec_path: Path) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python snippets/planning/plan.py SPEC.yaml")
+    parser = argparse.ArgumentParser(
+        description="Turn a customer-needs spec into a costed deployment plan"
+    )
+    parser.add_argument("spec", type=Path, help="the spec, a YAML file")
+    args = parser.parse_args()
     try:
-        print(plan(Path(sys.argv[1])), end="")
+        print(plan(args.spec), end="")
     except SpecError as error:
         sys.exit(str(error))

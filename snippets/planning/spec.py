@@ -6,6 +6,7 @@ Every problem gets its own one-line message (`spec.yaml: 'field': what is wrong`
 once, so a customer fixes the spec in one pass.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -175,10 +176,13 @@ def known_model_names() -> set[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python snippets/planning/spec.py SPEC.yaml")
+    parser = argparse.ArgumentParser(
+        description="Validate a customer-needs spec: one line per bad field"
+    )
+    parser.add_argument("spec", type=Path, help="the spec, a YAML file")
+    args = parser.parse_args()
     try:
-        spec = load_spec(Path(sys.argv[1]), known_model_names())
+        spec = load_spec(args.spec, known_model_names())
     except SpecError as error:
         sys.exit(str(error))
-    print(f"{sys.argv[1]}: valid ({spec['name']}, {spec['use_case']}, {spec['model']})")
+    print(f"{args.spec}: valid ({spec['name']}, {spec['use_case']}, {spec['model']})")

@@ -601,41 +601,20 @@ def wants_binary_output(body: InferRequest) -> bool:
     return any((output.parameters or {}).get("binary_data") for output in body.outputs or [])
 
 
-class Metrics:
-    """Pure ASGI middleware: request counts by route and status, requests in progress, latency."""
+def route_of(path: str) -> str:
+    """The route label /metrics counts a request under (model names in paths folded together)."""
+    if path.endswith("/infer"):
+        return "/v2/infer"
+    return path if path in ("/health", "/metrics", "/v1/embeddings", "/v1/feedback") else "other"
 
-    def __init__(self, app):
-        self.app = app
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        route = (
-            path
-            if path in ("/health", "/metrics", "/v1/embeddings")
-            else "/v2/infer"
-            if path.endswith("/infer")
-            else "other"
-        )
-        inference = route in ("/v1/embeddings", "/v2/infer")
-        status, started = 500, time.perf_counter()
-
-        async def send_and_note_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        if inference:
-            IN_PROGRESS.inc()
-        try:
-            await self.app(scope, receive, send_and_note_status)
-        finally:
-            REQUESTS.labels(route, str(status)).inc()
-            if inference:
-                IN_PROGRESS.dec()
-                LATENCY.observe(time.perf_counter() - started)
+METRICS = {
+    "requests": REQUESTS,
+    "route_of": route_of,
+    "timed": frozenset({"/v1/embeddings", "/v2/infer"}),
+    "in_progress": IN_PROGRESS,
+    "latency": LATENCY,
+}
 
 
 @dataclass
@@ -711,7 +690,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     open_request_log(app, settings.log_db, settings.log_sync)
     add_middleware(
-        app, Metrics, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins
+        app, METRICS, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins
     )
     return app
 

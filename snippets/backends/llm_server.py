@@ -967,30 +967,8 @@ async def tgi_generate(body: GenerateRequest, request: Request):
     return JSONResponse({"generated_text": text}, headers={"X-Request-Id": request_id})
 
 
-class Metrics:
-    """Pure ASGI middleware: request counts by route and status (streams counted when they end)."""
-
-    ROUTES = ("/v1/chat/completions", "/generate", "/v1/models", "/health", "/metrics")
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        route = scope["path"] if scope["path"] in self.ROUTES else "other"
-        status = 500
-
-        async def send_and_note_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note_status)
-        finally:
-            REQUESTS.labels(route, str(status)).inc()
+ROUTES = ("/v1/chat/completions", "/generate", "/v1/models", "/v1/feedback", "/health", "/metrics")
+METRICS = {"requests": REQUESTS, "route_of": lambda path: path if path in ROUTES else "other"}
 
 
 @dataclass
@@ -1086,7 +1064,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     open_request_log(app, settings.log_db, settings.log_sync)
     add_middleware(
-        app, Metrics, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins
+        app, METRICS, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins
     )
     return app
 

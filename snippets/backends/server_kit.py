@@ -21,7 +21,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -30,6 +30,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field
 from request_log import RequestLog, Row
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -408,20 +409,61 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+class RequestMetrics:
+    """Pure ASGI middleware: requests counted by route and status (a stream when it ends); for the
+    routes in `timed`, requests in progress and their latency too."""
+
+    def __init__(
+        self,
+        app,
+        requests: Counter,
+        route_of: Callable[[str], str],
+        timed: frozenset = frozenset(),
+        in_progress: Gauge | None = None,
+        latency: Histogram | None = None,
+    ):
+        self.app, self.requests, self.route_of = app, requests, route_of
+        self.timed, self.in_progress, self.latency = timed, in_progress, latency
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = self.route_of(scope["path"])
+        timed = route in self.timed
+        status, started = 500, time.perf_counter()
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if timed:
+            self.in_progress.inc()
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            self.requests.labels(route, str(status)).inc()
+            if timed:
+                self.in_progress.dec()
+                self.latency.observe(time.perf_counter() - started)
+
+
 def add_middleware(
     app: FastAPI,
-    metrics,
+    metrics: dict,
     api_keys: list[str],
     rate_limit: float | None,
     max_body_bytes: int,
     cors_origins: list[str],
 ) -> None:
     """The middleware stack, outermost first: CORS (a browser's preflight is answered before any
-    key check), metrics (which then also count 401, 413 and 429), then the guard."""
+    key check), metrics (`metrics` are RequestMetrics' arguments; they then also count 401, 413
+    and 429), then the guard."""
     app.add_middleware(
         Guard, api_keys=api_keys, rate_limit_per_minute=rate_limit, max_body_bytes=max_body_bytes
     )
-    app.add_middleware(metrics)
+    app.add_middleware(RequestMetrics, **metrics)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -12,6 +12,7 @@ cluster, `serve deploy` imports `app` from this file unchanged.
 
 import argparse
 import asyncio
+import base64
 import os
 import signal
 import sys
@@ -106,6 +107,10 @@ class Embedder:
             vectors = await asyncio.gather(*(self.embed_one(ids) for ids in token_ids))
         finally:
             self.in_flight -= 1
+        if body.encoding_format == "base64":  # the openai client's default: little-endian float32
+            data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+        else:
+            data = [v.tolist() for v in vectors]
         replica = serve.get_replica_context().replica_id.unique_id
         n_tokens = sum(len(ids) for ids in token_ids)
         return JSONResponse(
@@ -113,8 +118,7 @@ class Embedder:
                 "object": "list",
                 "model": MODEL_NAME,
                 "data": [
-                    {"object": "embedding", "index": i, "embedding": v.tolist()}
-                    for i, v in enumerate(vectors)
+                    {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)
                 ],
                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
             },

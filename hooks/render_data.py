@@ -83,9 +83,13 @@ def tutorials_table(group: str | None = None) -> str:
 
 def frontends_table() -> str:
     data = load("frontends")
-    rows = ["| project | what it gives you | status | evidence |", "|---|---|---|---|"]
+    rows = [
+        "| project | what it gives you | licence | status (checked) | evidence | choose it when |",
+        "|---|---|---|---|---|---|",
+    ]
     rows += [
-        f"| [{f['name']}]({f['link']}) | {f['gives']} | {f['status']} | {f['evidence']} |"
+        f"| [{f['name']}]({f['link']}) | {f['gives']} | {' '.join(str(f['licence']).split())} | "
+        f"{STATUS_BADGE.get(f['status'], f['status'])} ({f['checked']}) | {f['evidence']} | {f['choose_when']} |"
         for f in data["frontends"]
     ]
     return "\n".join(rows) + f"\n\nStatus as of {data['as_of']}.\n"

@@ -10,6 +10,7 @@ SYSTEM := /usr/bin/chromium /usr/bin/promtool
 MERMAID := docs/assets/javascripts/mermaid.min.js
 MERMAID_VERSION := 11.17.2
 LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: install docs build test lint screenshots bench linkcheck clean
 
@@ -67,7 +68,9 @@ bench: install
 	$(PY) benchmarks/request_log_cost.py
 	$(PY) benchmarks/model_formats.py
 	$(PY) benchmarks/gui_apps.py
-	$(PY) -m pip install -q llama-cpp-python[server]==$(LLAMA_CPP_VERSION)  # no wheel: builds from source (minutes)
+	# No wheel: builds from source (minutes). A native build on a Xeon with AMX segfaulted on every
+	# prompt longer than one token (llama.cpp issue 20824 looks alike): build for AVX2 instead.
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PY) -m pip install -q llama-cpp-python[server]==$(LLAMA_CPP_VERSION)
 	$(PY) benchmarks/peers.py
 	rm -rf .cache/flywheel-run && $(PY) snippets/data_flywheel/flywheel_loop.py --out .cache/flywheel-run --publish
 

@@ -215,9 +215,20 @@ def run_embeddings(
                     {"contender": name, "clients": concurrency, "repeat": repeat, **row}
                 )
                 print(json.dumps(result["embedding_runs"][-1]), flush=True)
+                check_answered(name, concurrency, row)
             result["peak_memory_mb"][name] = max(
                 result["peak_memory_mb"].get(name, 0), server.peak_memory_mb()
             )
+
+
+def check_answered(name: str, concurrency: int, row: dict) -> None:
+    """Stop the whole run at once when a contender answered nothing (a crashed server, say),
+    rather than publish a table with a hole in it after half an hour."""
+    if row["errors"] == row["requests"]:
+        raise SystemExit(
+            f"{name}: all {row['requests']} requests failed at {concurrency} clients; start it by hand "
+            "with the command above and send one request to see why"
+        )
 
 
 def run_llm(result: dict, bodies: list[dict], work: Path, levels: list[int], repeat: int) -> None:
@@ -240,6 +251,7 @@ def run_llm(result: dict, bodies: list[dict], work: Path, levels: list[int], rep
                     {"contender": name, "clients": concurrency, "repeat": repeat, **row}
                 )
                 print(json.dumps(result["llm_runs"][-1]), flush=True)
+                check_answered(name, concurrency, row)
             result["peak_memory_mb"][name] = max(
                 result["peak_memory_mb"].get(name, 0), server.peak_memory_mb()
             )

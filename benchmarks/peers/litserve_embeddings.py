@@ -45,6 +45,7 @@ if __name__ == "__main__":
         batch_timeout=args.batch_timeout,
         spec=OpenAIEmbeddingSpec(),
     )
-    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(
+    # fast_queue: ZeroMQ between the API server and the worker, LitServe's advice above 100 req/s
+    ls.LitServer(api, accelerator="cpu", workers_per_device=1, fast_queue=True).run(
         host=args.host, port=args.port, log_level="warning", generate_client_file=False
     )

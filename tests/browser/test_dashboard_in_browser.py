@@ -80,5 +80,8 @@ def test_live_charts_feedback_and_conversations(page, llm_server, tmp_path):
         assert graph.locator("svg g.node").count() == 7  # the branched conversation
         assert page.get_by_test_id("stException").count() == 0
         screenshot(
-            page, "visualisation/img/dashboard.png", "tests/browser/test_dashboard_in_browser.py", height=2000
+            page,
+            "visualisation/img/dashboard.png",
+            "tests/browser/test_dashboard_in_browser.py",
+            height=2000,
         )

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -42,21 +43,26 @@ def ray_processes() -> list[str]:
 
 
 def start(command: list[str], url: str, timeout: float = 240) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        command,
-        cwd=REPO,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-    )
+    """Start a Ray Serve app and wait until it embeds. Its log goes to a file, never to a pipe
+    nobody reads: Ray logs a lot, and a full pipe blocks the process (at shutdown, too)."""
+    fd, name = tempfile.mkstemp(prefix="ray-app-", suffix=".log")
+    os.close(fd)
+    log_path = Path(name)
+    with log_path.open("w") as log:  # the child keeps its own copy of the file descriptor
+        proc = subprocess.Popen(
+            command,
+            cwd=REPO,
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
     if (
         not wait_until(lambda: proc.poll() is not None or ready(url), timeout=timeout, interval=0.5)
         or proc.poll()
     ):
-        proc.kill()
-        raise RuntimeError(f"{command[1:3]} did not start: {proc.stderr.read()[-3000:]}")
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise RuntimeError(f"{command[1:3]} did not start: {log_path.read_text()[-3000:]}")
     return proc
 
 

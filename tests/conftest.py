@@ -5,6 +5,7 @@ Nothing may download weights or data from a hub, so the hub is switched off befo
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,12 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+# A test run started in the background (`nohup`, `&`) inherits SIGINT ignored, and so would every
+# server it starts: tests that stop a server with Ctrl-C would then hang. A Python handler here
+# is reset to the default in each child at exec, so the children see Ctrl-C again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from helpers import MODELS, REPO, free_port, load_snippet, serve
 

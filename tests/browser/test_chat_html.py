@@ -38,7 +38,7 @@ def ask(page, question: str) -> list[int]:
 
 def test_streams_an_answer(page, chat_page, llm_server):
     page.goto(f"{chat_page}?base_url={llm_server.url}/v1&max_tokens=32", wait_until="load")
-    lengths = ask(page, "Name three colours.")
+    lengths = ask(page, "Tell me a long story about a river.")  # a long answer: many steps
     assert len(lengths) >= 3, f"the answer did not stream: {lengths}"
     assert page.locator(".assistant").inner_text().strip()
     assert page.locator(".error").count() == 0

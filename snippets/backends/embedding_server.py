@@ -410,18 +410,20 @@ async def embeddings(body: EmbeddingRequest, request: Request):
             200,
         ),
     )
-    return JSONResponse(
-        {  # a JSONResponse skips FastAPI's slow walk over every float
-            "id": request_id,
-            "object": "list",
-            "model": MODEL_NAME,
-            "data": [
-                {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)
-            ],
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-        },
+    return JSONResponse(  # a JSONResponse skips FastAPI's slow walk over every float
+        {"id": request_id, **embedding_list(data, n_tokens)},
         headers={"X-Request-Id": request_id},
     )
+
+
+def embedding_list(data: list, n_tokens: int) -> dict:
+    """The OpenAI embeddings response body: one entry per input, in input order."""
+    return {
+        "object": "list",
+        "model": MODEL_NAME,
+        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+    }
 
 
 # --8<-- [end:openai]

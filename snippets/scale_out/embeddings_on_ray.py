@@ -34,6 +34,7 @@ from embedding_server import (
     MODEL_DIR,
     MODEL_NAME,
     EmbeddingRequest,
+    embedding_list,
     load_model,
     make_embed,
 )
@@ -113,17 +114,7 @@ class Embedder:
             data = [v.tolist() for v in vectors]
         replica = serve.get_replica_context().replica_id.unique_id
         n_tokens = sum(len(ids) for ids in token_ids)
-        return JSONResponse(
-            {
-                "object": "list",
-                "model": MODEL_NAME,
-                "data": [
-                    {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)
-                ],
-                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-            },
-            headers={"X-Replica": replica},
-        )
+        return JSONResponse(embedding_list(data, n_tokens), headers={"X-Replica": replica})
 
     @api.get("/health")
     def health(self):

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 import requests
-from helpers import load_snippet, run_snippet, serve, wait_until
+from helpers import load_snippet, run_snippet, serve, serve_app, wait_until
 from openai import OpenAI
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -300,3 +300,186 @@ def test_the_log_does_not_stall_concurrent_answers(embedding_server):
     assert rows(
         embedding_server.log_db, f"SELECT COUNT(*) FROM requests WHERE id IN ({placeholders})", *ids
     ) == [(50,)]
+
+
+# What the log promises under faults: a failed job fails alone, a full disk is an error for the
+# callers it hits and no more, a dead writer is visible at once, and every request that reached
+# the engine leaves exactly one row.
+
+
+def record_row(request_log, request_id: str, user: str | None = None):
+    return request_log.Row(request_id, time.time(), "/test", "m", "v", user, "[]", None, 1.0, 200)
+
+
+def test_the_writer_survives_a_full_disk_and_a_failing_job(tmp_path):
+    request_log = load_snippet("backends/request_log.py")
+    log = request_log.RequestLog(tmp_path / "full.db")
+
+    async def scenario():
+        await log.record(record_row(request_log, "before"))
+        pages = log.conn.execute("PRAGMA page_count").fetchone()[0]
+        log.conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+        big = record_row(request_log, "too-big")
+        big.input = json.dumps(["x" * 200_000])
+        with pytest.raises(sqlite3.Error, match="full"):
+            await log.record(big)
+
+        def broken(conn):
+            raise ValueError("a job with a bug")
+
+        with pytest.raises(ValueError, match="a job with a bug"):
+            await log.run(broken)
+        log.conn.execute("PRAGMA max_page_count = 1073741823")  # room again
+        await log.record(record_row(request_log, "after"))
+
+    asyncio.run(scenario())
+    assert log.thread.is_alive() and log.failure is None
+    log.close()
+    assert rows(tmp_path / "full.db", "SELECT id FROM requests ORDER BY created_at") == [
+        ("before",),
+        ("after",),
+    ]
+
+
+def test_a_group_rolled_back_by_a_full_disk_fails_every_job_in_it(tmp_path):
+    """SQLITE_FULL rolls back the whole transaction: jobs that ran before it in the same group
+    are lost too, so their callers must hear so instead of being told 'committed'."""
+    request_log = load_snippet("backends/request_log.py")
+    log = request_log.RequestLog(tmp_path / "group.db")
+    small = [record_row(request_log, f"small-{i}") for i in range(20)]
+    big = record_row(request_log, "big")
+    big.input = json.dumps(["x" * 500_000])
+
+    async def scenario():
+        await log.record(record_row(request_log, "first"))
+        pages = log.conn.execute("PRAGMA page_count").fetchone()[0]
+        log.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        return await asyncio.gather(
+            *(log.record(row) for row in [*small, big]), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(scenario())
+    log.close()
+    logged = {r[0] for r in rows(tmp_path / "group.db", "SELECT id FROM requests")}
+    for row, outcome in zip([*small, big], outcomes):
+        assert (outcome is None) == (row.id in logged), (row.id, outcome)
+    assert "big" not in logged
+
+
+@pytest.mark.parametrize("server", ["backends/llm_server.py", "backends/embedding_server.py"])
+def test_a_dead_writer_turns_health_failed_and_logged_routes_503(server, smollm2_dir, tmp_path):
+    module = load_snippet(server)
+    if "llm" in server:
+        settings = module.Settings(model=smollm2_dir, dtype="float32", log_db=tmp_path / "l.db")
+        route, body = "/v1/chat/completions", {"model": LLM_MODEL, "messages": HI, "max_tokens": 2}
+    else:
+        settings = module.Settings(log_db=tmp_path / "l.db")
+        route, body = "/v1/embeddings", {"model": EMBEDDING_MODEL, "input": "x"}
+    app = module.create_app(settings)
+    with serve_app(app) as url:
+        assert wait_until(lambda: requests.get(url + "/health").status_code == 200, timeout=60)
+        assert requests.post(url + route, json=body, timeout=60).status_code == 200
+
+        def writer_bug(group):
+            raise SystemExit("writer thread killed")  # not an Exception: it ends the thread
+
+        app.state.request_log.commit = writer_bug
+        started = time.monotonic()
+        lost = requests.post(url + route, json=body, timeout=30)  # its row could not be written
+        assert lost.status_code == 503 and time.monotonic() - started < 5, lost.text
+        assert wait_until(lambda: requests.get(url + "/health").status_code == 503, timeout=1)
+        assert "request log" in requests.get(url + "/health").json()["reason"]
+        for path, payload in ((route, body), ("/v1/feedback", {"id": "x", "rating": 1})):
+            started = time.monotonic()
+            refused = requests.post(url + path, json=payload, timeout=30)
+            assert refused.status_code == 503, refused.text
+            assert time.monotonic() - started < 2  # at once, not after a hang
+
+
+HI = [{"role": "user", "content": "Say hi."}]
+LONG = {
+    "model": LLM_MODEL,
+    "messages": [{"role": "user", "content": "Write a very long essay about rivers."}],
+    "max_tokens": 1500,
+    "temperature": 1.0,
+    "seed": 9,
+}
+
+
+class FailsAfter:
+    """The real model until `countdown` forward passes have run; then each one raises."""
+
+    def __init__(self, model, countdown: int):
+        self.model, self.config, self.countdown = model, model.config, countdown
+
+    def __call__(self, **kwargs):
+        self.countdown -= 1
+        if self.countdown < 0:
+            raise RuntimeError("injected model failure")
+        return self.model(**kwargs)
+
+
+def logged(db, request_id: str) -> list[tuple]:
+    return rows(db, "SELECT status, output FROM requests WHERE id = ?", request_id)
+
+
+def test_every_request_that_reached_the_engine_leaves_exactly_one_row(smollm2_dir, tmp_path):
+    """A hang-up (499), a deadline (504) and a model error (500), streamed and not: one row each,
+    with its status and the text generated so far."""
+    llm = load_snippet("backends/llm_server.py")
+    db = tmp_path / "rows.db"
+    app = llm.create_app(
+        llm.Settings(model=smollm2_dir, dtype="float32", log_db=db, request_timeout=2)
+    )
+    with serve_app(app) as url:
+        assert wait_until(lambda: requests.get(url + "/health").status_code == 200, timeout=60)
+        chat = url + "/v1/chat/completions"
+        # a stream the client hangs up on
+        with requests.post(chat, json={**LONG, "stream": True}, stream=True, timeout=60) as r:
+            hung_up = r.headers["x-request-id"]
+            lines = r.iter_lines()
+            for _ in range(5):
+                next(lines)
+        assert wait_until(lambda: logged(db, hung_up), timeout=5)
+        # a non-streamed request the client hangs up on
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+            payload = json.dumps(LONG).encode()
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
+                b"\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+            )
+            time.sleep(0.5)
+        assert wait_until(lambda: rows(db, "SELECT COUNT(*) FROM requests")[0][0] == 2, timeout=5)
+        # past the deadline, streamed and not
+        late = requests.post(chat, json=LONG, timeout=60)
+        assert late.status_code == 504
+        with requests.post(chat, json={**LONG, "stream": True}, stream=True, timeout=60) as r:
+            late_stream = r.headers["x-request-id"]
+            assert "timeout" in [line for line in r.iter_lines(decode_unicode=True) if line][-2]
+        # the model fails mid-answer
+        app.state.engine.model = FailsAfter(app.state.engine.model, countdown=6)
+        with requests.post(chat, json={**LONG, "stream": True}, stream=True, timeout=60) as r:
+            failed = r.headers["x-request-id"]
+            assert "model_error" in [line for line in r.iter_lines(decode_unicode=True) if line][-2]
+    statuses = [r[0] for r in rows(db, "SELECT status FROM requests ORDER BY created_at")]
+    assert statuses == [499, 499, 504, 504, 500]
+    for request_id, status in ((hung_up, 499), (late_stream, 504), (failed, 500)):
+        [(logged_status, output)] = logged(db, request_id)
+        assert logged_status == status and json.loads(output), request_id  # partial text kept
+
+
+def test_a_streamed_answer_is_committed_before_its_finish_reason(smollm2_dir, tmp_path):
+    """The openai SDK stops reading at finish_reason; a SIGKILL right then must not lose the row."""
+    db = tmp_path / "kill.db"
+    with serve("backends/llm_server.py", "--model", str(smollm2_dir), "--log-db", str(db)) as srv:
+        body = {"model": LLM_MODEL, "messages": HI, "max_tokens": 16, "stream": True}
+        with requests.post(
+            srv.url + "/v1/chat/completions", json=body, stream=True, timeout=60
+        ) as response:
+            request_id = response.headers["x-request-id"]
+            for line in response.iter_lines(decode_unicode=True):
+                if line and '"finish_reason": "' in line:
+                    srv.proc.send_signal(signal.SIGKILL)
+                    break
+    srv.proc.wait(timeout=30)
+    assert [status for status, _ in logged(db, request_id)] == [200]

@@ -127,24 +127,32 @@ def test_the_openai_client_gets_the_models_embeddings(ray_app, embed_one):
     )
 
 
-def many_at_once(url: str, count: int) -> list[httpx.Response]:
-    async def one(i):
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            return await client.post(
-                "/v1/embeddings", json={"model": MODEL, "input": f"{i} " + "word " * 120}
-            )
+def many_at_once(url: str, texts: list[str], headers: dict | None = None) -> list[httpx.Response]:
+    """POST one embedding request per text, all at once, each on its own connection (as many
+    clients would); the responses come back in the order of `texts`."""
+
+    async def one(text):
+        async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers) as client:
+            return await client.post("/v1/embeddings", json={"model": MODEL, "input": text})
 
     async def run():
-        return await asyncio.gather(*(one(i) for i in range(count)))
+        return await asyncio.gather(*(one(text) for text in texts))
 
     return asyncio.run(run())
+
+
+def long_texts(count: int) -> list[str]:
+    """`count` different inputs of about 120 tokens: slow enough to pile requests up."""
+    return [f"{i} " + "word " * 120 for i in range(count)]
 
 
 def test_two_replicas_both_serve(ray_app):
     replicas = set()
     for _ in range(5):
         replicas |= {
-            r.headers["x-replica"] for r in many_at_once(ray_app, 8) if r.status_code == 200
+            r.headers["x-replica"]
+            for r in many_at_once(ray_app, long_texts(8))
+            if r.status_code == 200
         }
         if len(replicas) == 2:
             break
@@ -152,7 +160,7 @@ def test_two_replicas_both_serve(ray_app):
 
 
 def test_back_pressure_is_a_503_with_a_json_body(ray_app):
-    responses = many_at_once(ray_app, 40)
+    responses = many_at_once(ray_app, long_texts(40))
     statuses = {r.status_code for r in responses}
     assert statuses == {200, 503}, statuses
     refused = next(r for r in responses if r.status_code == 503)

@@ -5,9 +5,11 @@ what identifies a person before a row leaves the log. Four kinds have a shape th
 expression finds and a checksum confirms, so they are replaced by a typed placeholder
 ([EMAIL], [PHONE], [CARD], [IBAN]) that keeps the sentence readable for training:
 
-- cards: 13 to 19 digits, spaces or dashes allowed, kept only if the Luhn check passes;
+- cards: 13 to 19 digits, spaces or dashes allowed (dots between groups of four), kept only if
+  the Luhn check passes;
 - IBANs: a known country code, that country's length, and the ISO 13616 mod-97 check;
-- phones: an international number (+ and country code) or a common national format;
+- phones: an international number (+ and country code) or a common national format; ten bare
+  digits only in the North American shape, so most order numbers survive (not all: see --report);
 - emails: local part, @, a domain with a dot.
 
 What rules miss: names, street addresses, and anything written to dodge a pattern ("jane at
@@ -35,19 +37,28 @@ EMAIL = re.compile(r"\b[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}
 # A run of digits is judged whole: no card or phone number is carved out of a longer number.
 NOT_AFTER_NUMBER = r"(?<![\w+-])(?<!\d[ .-])"
 NOT_BEFORE_NUMBER = r"(?![\w-])(?![ .-]\d)"
-CARD = re.compile(NOT_AFTER_NUMBER + r"\d(?:[ -]?\d){12,18}" + NOT_BEFORE_NUMBER)
+CARD = re.compile(
+    NOT_AFTER_NUMBER
+    + r"""(?:
+        \d(?:[ -]?\d){12,18}                        # 4111 1111 1111 1111, 4111-1111-...
+      | \d{4}(?:\.\d{4}){2}\.\d{1,4}(?:\.\d{1,3})?  # 4111.1111.1111.1111: groups of four
+    )"""
+    + NOT_BEFORE_NUMBER,
+    re.VERBOSE,
+)  # a dot anywhere else is a decimal point: 1767225600.123456 is a time, not a card
 IBAN_START = re.compile(r"\b[A-Za-z]{2}\d{2}")
 PHONE = re.compile(
     NOT_AFTER_NUMBER
     + r"""(?:
         \+\d{1,3}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,4})){2,5}  # international: +44 (0)20 7946 0958
-      | \(\d{3}\)[ ]?\d{3}[ .-]\d{4}            # North American: (415) 555-0134
-      | \d{3}[ .-]\d{3}[ .-]\d{4}               # North American: 415-555-0134, 415 555 0134
-      | 0\d{1,4}(?:[ .-]?\d{2,4}){2,4}          # trunk prefix 0: 020 7946 0958, 06 12 34 56 78
+      | (?:1[ .-]?)?\(\d{3}\)[ ]?\d{3}[ .-]\d{4}         # North American: (415) 555-0134
+      | (?:1[ .-])?\d{3}[ .-]\d{3}[ .-]\d{4}             # 415-555-0134, 1-415-555-0134
+      | 1?[2-9]\d{2}[2-9]\d{6}                           # 4155550134, bare: only the NANP shape
+      | 0\d{1,4}(?:[ .-]?\d{2,4}){2,4}                   # trunk 0: 020 7946 0958, 06 12 34 56 78
     )"""
     + NOT_BEFORE_NUMBER,
     re.VERBOSE,
-)
+)  # NANP: area and exchange codes start with 2-9, so ten bare digits like 3001204588 are kept
 
 # Length of a valid IBAN per country code, from the SWIFT IBAN Registry. A country missing here
 # is not redacted: add it rather than loosen the check.

@@ -222,6 +222,27 @@ def test_chat_export_appends_the_reviewed_answer(tmp_path):
     }
 
 
+def test_chat_message_names_are_redacted(tmp_path):
+    """A message's `name` says who wrote it: rules cannot recognise a name, so it is replaced whole
+    (an email or phone used as a name goes too), and the data card counts it."""
+    asked = [
+        {"role": "user", "name": "Maria Gonzalez", "content": "Where is my box?"},
+        {"role": "assistant", "name": "support-bot", "content": "It left on Monday."},
+        {"role": "user", "name": "jo@example.com", "content": "And the second one?"},
+        {"role": "user", "content": "Hello?"},
+    ]
+    log = make_log(
+        tmp_path / "log.sqlite",
+        [{"route": "/v1/chat/completions", "rating": 1, "output": "Tomorrow.", "input": asked}],
+    )
+    card = export.export(log, "chat", tmp_path / "ds")
+    [row] = exported(tmp_path / "ds")
+    assert [m.get("name") for m in row["messages"]] == ["[NAME]", "[NAME]", "[NAME]", None, None]
+    assert [m["content"] for m in row["messages"]] == [m["content"] for m in asked] + ["Tomorrow."]
+    assert "Maria" not in json.dumps(row) and "jo@" not in json.dumps(row)
+    assert card["redactions"] == {"name": 3}
+
+
 def test_data_card_counts_dates_and_versions(tmp_path):
     rows = [
         {

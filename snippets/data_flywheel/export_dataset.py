@@ -3,10 +3,11 @@
 A request is reviewed when a user rated it. Its label (or, for chat, the assistant's answer) is
 the user's correction when there is one, otherwise the model's own output if the rating was
 +1; a -1 without a correction says what is wrong but not what is right, so it is dropped.
-Every text is redacted (redact.py) before anything else, then duplicates (same text after
-lowercasing and collapsing whitespace) are dropped keeping the newest, and each example goes to
-train or eval by a hash of that same normalised text: copies of one text always land on the same
-side, so the eval score is never inflated by an example the model trained on.
+Every text is redacted (redact.py) before anything else, and a chat message's `name` is replaced
+by [NAME]; then duplicates (same text after lowercasing and collapsing whitespace) are dropped
+keeping the newest, and each example goes to train or eval by a hash of that same normalised
+text: copies of one text always land on the same side, so the eval score is never inflated by
+an example the model trained on.
 
     python snippets/data_flywheel/export_dataset.py requests.sqlite --task classification --out ds/
 
@@ -111,6 +112,16 @@ def _redacted(text: str, counts: Counter) -> str:
     return text
 
 
+def redacted_message(message: dict, counts: Counter) -> dict:
+    """A chat message with its content redacted and its `name` replaced whole by [NAME]: the field
+    exists to say who wrote the message, and rules cannot recognise a name (see redact.py)."""
+    message = {**message, "content": _redacted(message["content"], counts)}
+    if message.get("name"):
+        message["name"] = "[NAME]"
+        counts["name"] += 1
+    return message
+
+
 def classification_example(record: sqlite3.Row) -> Example | str:
     """{"text", "label"} from a classify request (a string) or a one-text embeddings request."""
     text = _loads(record["input"])
@@ -145,7 +156,7 @@ def chat_example(record: sqlite3.Row) -> Example | str:
     if answer is None:
         return "no answer (rated -1 without a correction, or no output)"
     counts = Counter()
-    messages = [{**m, "content": _redacted(m["content"], counts)} for m in messages]
+    messages = [redacted_message(m, counts) for m in messages]
     messages.append({"role": "assistant", "content": _redacted(answer, counts)})
     prompt = "\n".join(f"{m['role']}: {m['content']}" for m in messages[:-1])
     return Example(

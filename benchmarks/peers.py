@@ -57,8 +57,6 @@ def embedding_contenders() -> dict:
         str(SNIPPETS / "scale_out" / "embeddings_on_ray.py"),
         "--cpus",
         "2",
-        "--max-in-flight",
-        "1000",
     ]
     return {
         "this guide's embedding server": (

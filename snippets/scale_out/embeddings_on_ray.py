@@ -56,6 +56,7 @@ install_error_handlers(api)  # the same OpenAI-style error bodies as the single-
     },
     max_ongoing_requests=64,  # requests one replica takes at once; the rest wait at the proxy
     max_queued_requests=256,  # beyond this Ray's proxy itself answers 503 (a plain-text body)
+    backpressure_config={"retry_after_s": 1},  # ... with Retry-After, as the server's own 503
     ray_actor_options={"num_cpus": 1},
     health_check_period_s=5,
 )
@@ -63,10 +64,9 @@ install_error_handlers(api)  # the same OpenAI-style error bodies as the single-
 class Embedder:
     """One replica: the tokenizer and the model, with Ray's batcher in front of the forward pass."""
 
-    def __init__(self, threads: int = 1, max_in_flight: int = 48):
+    def __init__(self, threads: int = 1):
         self.tokenizer, model = load_model(Path(MODEL_DIR), threads)
         self.embed = make_embed(model)
-        self.max_in_flight, self.in_flight = max_in_flight, 0
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def embed_batch(self, token_ids: list[list[int]]) -> list[np.ndarray]:
@@ -85,29 +85,16 @@ class Embedder:
                 param="model",
                 code="model_not_found",
             )
-        if (
-            self.in_flight >= self.max_in_flight
-        ):  # refuse here, so the 503 keeps the OpenAI-style body
-            raise ApiError(
-                503,
-                "Server is overloaded: too many requests in flight. Retry later.",
-                code="queue_full",
-                headers={"Retry-After": "1"},
-            )
-        self.in_flight += 1
-        try:
-            token_ids = self.tokenizer(body.input)["input_ids"]
-            for i, ids in enumerate(token_ids):
-                if len(ids) > MAX_TOKENS:
-                    raise ApiError(
-                        400,
-                        f"'input[{i}]' has {len(ids)} tokens; the limit is {MAX_TOKENS}.",
-                        param="input",
-                        code="context_length_exceeded",
-                    )
-            vectors = await asyncio.gather(*(self.embed_one(ids) for ids in token_ids))
-        finally:
-            self.in_flight -= 1
+        token_ids = self.tokenizer(body.input)["input_ids"]
+        for i, ids in enumerate(token_ids):
+            if len(ids) > MAX_TOKENS:
+                raise ApiError(
+                    400,
+                    f"'input[{i}]' has {len(ids)} tokens; the limit is {MAX_TOKENS}.",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+        vectors = await asyncio.gather(*(self.embed_one(ids) for ids in token_ids))
         if body.encoding_format == "base64":  # the openai client's default: little-endian float32
             data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
@@ -146,6 +133,16 @@ def start_ray(cpus: int) -> None:
     )
 
 
+def deployment_options(args: argparse.Namespace) -> dict:
+    """The command line's changes to the deployment's settings: a fixed replica count, limits."""
+    options = {"num_replicas": args.replicas, "autoscaling_config": None} if args.replicas else {}
+    if args.max_ongoing_requests is not None:
+        options["max_ongoing_requests"] = args.max_ongoing_requests
+    if args.max_queued_requests is not None:
+        options["max_queued_requests"] = args.max_queued_requests
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="bind address of Ray's HTTP proxy")
@@ -155,23 +152,26 @@ def main() -> None:
         "--replicas", type=int, help="a fixed number of replicas instead of autoscaling"
     )
     parser.add_argument(
-        "--max-in-flight", type=int, default=48, help="requests per replica before 503"
+        "--max-ongoing-requests", type=int, help="requests one replica runs at once (default 64)"
+    )
+    parser.add_argument(
+        "--max-queued-requests",
+        type=int,
+        help="requests waiting at Ray's proxy before it answers 503 (default 256)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per replica")
     args = parser.parse_args()
-    if min(args.port, args.cpus, args.max_in_flight, args.threads, args.replicas or 1) < 1:
-        parser.error("--port, --cpus, --replicas, --max-in-flight and --threads must be >= 1")
+    optional = (args.replicas, args.max_ongoing_requests, args.max_queued_requests)
+    if min(args.port, args.cpus, args.threads, *(n for n in optional if n is not None)) < 1:
+        parser.error("--port, --cpus, --threads, --replicas and the request limits must be >= 1")
     import ray
 
     start_ray(args.cpus)
     stop = asyncio.Event()
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        options = (
-            {"num_replicas": args.replicas, "autoscaling_config": None} if args.replicas else {}
-        )
         serve.run(
-            Embedder.options(**options).bind(args.threads, args.max_in_flight),
+            Embedder.options(**deployment_options(args)).bind(args.threads),
             name="embeddings",
             route_prefix="/",
         )

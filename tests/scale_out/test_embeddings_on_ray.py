@@ -1,10 +1,12 @@
 """scale_out/embeddings_on_ray.py: the embedding service on Ray Serve, started with its one
 command on loopback. The `openai` client gets the model's embeddings; two replicas both serve;
-beyond the queue Ray's proxy answers 503 in plain text; SIGTERM leaves no Ray process behind.
-(test_ray_config.py runs the same app from its config file with `serve run`.)
+beyond the queue Ray's proxy answers 503 in plain text; the single-process server's guard (keys
+from SERVEBOOK_API_KEYS, body cap, rate limit) answers 401, 413 and 429; SIGTERM leaves no Ray
+process behind. (test_ray_config.py runs the same app from its config file with `serve run`.)
 """
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -23,6 +25,15 @@ from openai import OpenAI
 APP = "scale_out/embeddings_on_ray.py"
 MODEL = "all-MiniLM-L6-v2"
 MAX_ONGOING, MAX_QUEUED = 2, 4  # per replica; at the proxy
+KEY, HASHED_KEY, LIMITED_KEY = "sk-ray-test", "sk-ray-hashed", "sk-ray-limited"
+RATE_LIMIT = 100  # requests a minute per key, in each replica
+MAX_BODY_BYTES = 1_000_000  # the single-process embedding server's cap, shared by the Ray app
+GUARD_ENV = {
+    "SERVEBOOK_API_KEYS": ",".join(
+        [KEY, LIMITED_KEY, "sha256:" + hashlib.sha256(HASHED_KEY.encode()).hexdigest()]
+    ),
+    "SERVEBOOK_RATE_LIMIT": str(RATE_LIMIT),
+}
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "dashboard", "log_monitor")
 
 
@@ -44,9 +55,16 @@ def ray_processes() -> list[str]:
     return found
 
 
-def start(command: list[str], url: str, timeout: float = 240) -> subprocess.Popen:
-    """Start a Ray Serve app and wait until it embeds. Its log goes to a file, never to a pipe
-    nobody reads: Ray logs a lot, and a full pipe blocks the process (at shutdown, too)."""
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def start(
+    command: list[str], url: str, env: dict, key: str, timeout: float = 240
+) -> subprocess.Popen:
+    """Start a Ray Serve app with `env` added to this environment and wait until it embeds for
+    `key`. Its log goes to a file, never to a pipe nobody reads: Ray logs a lot, and a full pipe
+    blocks the process (at shutdown, too)."""
     fd, name = tempfile.mkstemp(prefix="ray-app-", suffix=".log")
     os.close(fd)
     log_path = Path(name)
@@ -57,10 +75,12 @@ def start(command: list[str], url: str, timeout: float = 240) -> subprocess.Pope
             start_new_session=True,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env},
         )
     if (
-        not wait_until(lambda: proc.poll() is not None or ready(url), timeout=timeout, interval=0.5)
+        not wait_until(
+            lambda: proc.poll() is not None or ready(url, key), timeout=timeout, interval=0.5
+        )
         or proc.poll()
     ):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -68,11 +88,14 @@ def start(command: list[str], url: str, timeout: float = 240) -> subprocess.Pope
     return proc
 
 
-def ready(url: str) -> bool:
+def ready(url: str, key: str) -> bool:
     try:
         return (
             requests.post(
-                url + "/v1/embeddings", json={"model": MODEL, "input": "up?"}, timeout=5
+                url + "/v1/embeddings",
+                json={"model": MODEL, "input": "up?"},
+                headers=auth(key),
+                timeout=5,
             ).status_code
             == 200
         )
@@ -105,6 +128,8 @@ def ray_app():
             str(MAX_QUEUED),
         ],
         url,
+        GUARD_ENV,
+        KEY,
     )
     yield url
     assert stop(proc) == 0
@@ -115,13 +140,16 @@ def ray_app():
 
 def test_the_openai_client_gets_the_models_embeddings(ray_app, embed_one):
     texts = ["Ray Serve batches inside each replica", "the same answers as the model called alone"]
-    reply = OpenAI(base_url=ray_app + "/v1", api_key="unused").embeddings.create(
+    reply = OpenAI(base_url=ray_app + "/v1", api_key=KEY).embeddings.create(
         model=MODEL, input=texts
     )
     for item, text in zip(reply.data, texts):
         assert float(np.dot(item.embedding, embed_one(text))) >= 0.9999
     bad = requests.post(
-        ray_app + "/v1/embeddings", json={"model": MODEL, "input": ["ok", 7]}, timeout=30
+        ray_app + "/v1/embeddings",
+        json={"model": MODEL, "input": ["ok", 7]},
+        headers=auth(KEY),
+        timeout=30,
     )
     assert bad.status_code == 400 and bad.json()["error"]["message"].startswith(
         "Invalid 'input[1]'"
@@ -152,7 +180,7 @@ def test_two_replicas_both_serve(ray_app):
     for _ in range(5):
         replicas |= {
             r.headers["x-replica"]
-            for r in many_at_once(ray_app, long_texts(8))
+            for r in many_at_once(ray_app, long_texts(8), auth(KEY))
             if r.status_code == 200
         }
         if len(replicas) == 2:
@@ -163,7 +191,7 @@ def test_two_replicas_both_serve(ray_app):
 def test_beyond_the_queue_rays_proxy_answers_503_in_plain_text(ray_app):
     """40 slow requests at once overflow 2 replicas x MAX_ONGOING plus MAX_QUEUED: what fits is
     served, the rest get Ray's own 503, a plain-text sentence (not JSON) with Retry-After."""
-    responses = many_at_once(ray_app, long_texts(40))
+    responses = many_at_once(ray_app, long_texts(40), auth(KEY))
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) == {200, 503} and statuses[200] >= MAX_QUEUED, statuses
     refused = next(r for r in responses if r.status_code == 503)
@@ -171,3 +199,43 @@ def test_beyond_the_queue_rays_proxy_answers_503_in_plain_text(ray_app):
     assert refused.text.startswith("Request dropped due to backpressure"), refused.text
     assert f"max_queued_requests={MAX_QUEUED}" in refused.text
     assert refused.headers["retry-after"] == "1"
+
+
+def post(url: str, body: dict, headers: dict | None = None) -> requests.Response:
+    return requests.post(url + "/v1/embeddings", json=body, headers=headers or {}, timeout=60)
+
+
+def test_only_a_listed_key_gets_an_answer(ray_app):
+    """No key or a wrong one: 401 with the OpenAI-style body. A key listed in the variable, or
+    listed there only by its SHA-256, gets the embedding. Probes need no key."""
+    body = {"model": MODEL, "input": "who is asking?"}
+    for headers in ({}, auth("sk-wrong")):
+        refused = post(ray_app, body, headers)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["code"] == "invalid_api_key"
+        assert refused.headers["www-authenticate"] == "Bearer"
+    for key in (KEY, HASHED_KEY):
+        assert post(ray_app, body, auth(key)).status_code == 200
+    assert requests.get(ray_app + "/health", timeout=30).status_code == 200
+
+
+def test_a_body_over_the_cap_is_413(ray_app):
+    body = {"model": MODEL, "input": "word " * (MAX_BODY_BYTES // 5)}  # just over the cap
+    refused = post(ray_app, body, auth(KEY))
+    assert refused.status_code == 413 and refused.json()["error"]["code"] == "body_too_large"
+
+
+def test_past_the_rate_limit_is_429(ray_app):
+    """Each replica allows RATE_LIMIT requests a minute per key, so two replicas refuse one key
+    after RATE_LIMIT to 2 x RATE_LIMIT requests (cheap ones: an unknown model, a 404)."""
+    with requests.Session() as session:
+        session.headers.update(auth(LIMITED_KEY))
+        for sent in range(1, 2 * RATE_LIMIT + 20):
+            answer = session.post(
+                ray_app + "/v1/embeddings", json={"model": "none", "input": "x"}, timeout=30
+            )
+            if answer.status_code != 404:
+                break
+    assert answer.status_code == 429, answer.text
+    assert answer.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(answer.headers["retry-after"]) >= 1 and sent > RATE_LIMIT

@@ -16,9 +16,11 @@ import base64
 import contextlib
 import json
 import sys
+import threading
 import time
 import uuid
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +29,7 @@ import numpy as np
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
+from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))  # the servers' shared kit
 import registry
@@ -58,49 +61,74 @@ class CanaryRequest(BaseModel):
 
 
 # --8<-- [start:deployment]
+@dataclass(frozen=True)
+class Head:
+    """One registered version, loaded: its name and the classifier that answers for it."""
+
+    version: str
+    model: LogisticRegression
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Who serves: the stable head, and optionally a candidate taking `share` of traffic. Never
+    changed in place: a promote or rollback builds a new one, so a reader sees one whole state."""
+
+    stable: Head
+    candidate: Head | None = None
+    share: float = 0.0
+
+
 class Deployment:
-    """Which heads serve: the stable version, and optionally a candidate taking `share` of traffic."""
+    """The current Serving, replaced whole by canary, promote and rollback (one at a time)."""
 
     def __init__(self, registry_dir: Path, stable: str):
         self.registry_dir = registry_dir
-        self.heads = {stable: registry.load(registry_dir, stable)[0]}
-        self.stable, self.candidate, self.share = stable, None, 0.0
+        self.serving = Serving(self.load(stable))
+        self.changing = threading.Lock()  # the routes run in worker threads: one change at a time
 
-    def pick(self, key: str) -> str:
-        """The version that answers a caller: a hash of `key` (the user, else the text) puts the
-        same caller on the same side of the canary every time, as a user expects."""
-        if self.candidate and zlib.crc32(key.encode()) % 10_000 < self.share * 10_000:
-            return self.candidate
-        return self.stable
+    def load(self, version: str) -> Head:
+        return Head(version, registry.load(self.registry_dir, version)[0])
+
+    def pick(self, key: str) -> Head:
+        """The head that answers a caller: a hash of `key` (the user, else the text) puts the same
+        caller on the same side of the canary every time, as a user expects. The request keeps
+        this head to the end, even if a promote or rollback stops it serving meanwhile."""
+        serving = self.serving  # read once: the state this request started with
+        if serving.candidate and zlib.crc32(key.encode()) % 10_000 < serving.share * 10_000:
+            return serving.candidate
+        return serving.stable
 
     def start_canary(self, candidate: str, share: float) -> None:
         try:
-            self.heads[candidate] = registry.load(self.registry_dir, candidate)[0]
+            head = self.load(candidate)
         except FileNotFoundError as error:
             raise ApiError(404, str(error), param="candidate", code="not_found") from None
-        self.candidate, self.share = candidate, share
+        with self.changing:
+            self.serving = Serving(self.serving.stable, head, share)
 
     def promote(self) -> None:
         """The candidate becomes stable; the old stable version stops serving."""
-        self.require_candidate()
-        self.heads.pop(self.stable)
-        self.stable, self.candidate, self.share = self.candidate, None, 0.0
+        with self.changing:
+            self.serving = Serving(self.require_candidate())
 
     def rollback(self) -> None:
         """The candidate stops serving; the stable version takes all traffic again."""
-        self.require_candidate()
-        self.heads.pop(self.candidate)
-        self.candidate, self.share = None, 0.0
+        with self.changing:
+            self.require_candidate()
+            self.serving = Serving(self.serving.stable)
 
-    def require_candidate(self) -> None:
-        if self.candidate is None:
+    def require_candidate(self) -> Head:
+        if self.serving.candidate is None:
             raise ApiError(409, "No candidate is deployed.", code="no_candidate")
+        return self.serving.candidate
 
     def describe(self) -> dict:
+        serving = self.serving
         return {
-            "stable": self.stable,
-            "candidate": self.candidate,
-            "share": self.share,
+            "stable": serving.stable.version,
+            "candidate": serving.candidate.version if serving.candidate else None,
+            "share": serving.share,
             "registered": registry.versions(self.registry_dir),
         }
 
@@ -137,11 +165,11 @@ def health():
 @router.post("/v1/classify")
 async def classify(body: ClassifyRequest, request: Request):
     arrived, state = time.time(), request.app.state
-    version = state.deployment.pick(body.user or body.text)
+    head = state.deployment.pick(body.user or body.text)  # kept to the end: see Deployment.pick
     vector = await embed(state.embedder, [body.text])
-    probabilities = state.deployment.heads[version].predict_proba(vector)[0]
+    probabilities = head.model.predict_proba(vector)[0]
     best = int(np.argmax(probabilities))
-    intent = str(state.deployment.heads[version].classes_[best])
+    intent = str(head.model.classes_[best])
     request_id = f"cls-{uuid.uuid4().hex}"
     await log_answer(
         request.app,
@@ -150,7 +178,7 @@ async def classify(body: ClassifyRequest, request: Request):
             arrived,
             "/v1/classify",
             HEAD_NAME,
-            version,
+            head.version,
             body.user,
             json.dumps(body.text),
             json.dumps(intent),
@@ -162,7 +190,7 @@ async def classify(body: ClassifyRequest, request: Request):
         "id": request_id,
         "intent": intent,
         "confidence": round(float(probabilities[best]), 4),
-        "model_version": version,
+        "model_version": head.version,
     }
 
 

@@ -1,5 +1,6 @@
 """data_flywheel/intent_router.py and registry.py against a stand-in embedding server: requests in
-flight keep their head through a promote or rollback.
+flight keep their head through a promote or rollback, and a canary of the stable version is
+refused.
 
 The stand-in answers like the embedding server (base64 float32) but holds every request until the
 test lets it go, so "a promote lands while requests are being embedded" happens on every run.
@@ -116,3 +117,18 @@ def test_requests_in_flight_keep_their_head_through_promote_and_rollback(router,
     assert [r.json()["model_version"] for r in responses] == list(map(expected_version, users))
     after = httpx.get(router + "/v1/versions").json()
     assert (after["stable"], after["candidate"]) == ("v2" if change == "promote" else "v1", None)
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    """The OpenAI-style error body of a response that must have `status`."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    return error
+
+
+def test_a_canary_of_the_stable_version_is_409(router):
+    error = error_of(httpx.post(router + "/v1/canary", json={"candidate": "v1"}), 409)
+    assert (error["param"], error["code"]) == ("candidate", "candidate_is_stable")
+    assert "'v1' is already the stable version" in error["message"]
+    assert httpx.get(router + "/v1/versions").json()["candidate"] is None

@@ -100,11 +100,20 @@ class Deployment:
         return serving.stable
 
     def start_canary(self, candidate: str, share: float) -> None:
+        """Serve `candidate` to `share` of callers beside the stable version (replacing any
+        earlier candidate). The stable version itself is refused: promote would then retire it."""
         try:
             head = self.load(candidate)
         except FileNotFoundError as error:
             raise ApiError(404, str(error), param="candidate", code="not_found") from None
-        with self.changing:
+        with self.changing:  # checked under the lock: a promote may change the stable version
+            if candidate == self.serving.stable.version:
+                raise ApiError(
+                    409,
+                    f"'{candidate}' is already the stable version; a canary needs another version.",
+                    param="candidate",
+                    code="candidate_is_stable",
+                )
             self.serving = Serving(self.serving.stable, head, share)
 
     def promote(self) -> None:

@@ -1,12 +1,15 @@
 """data_flywheel/intent_router.py and registry.py against a stand-in embedding server: requests in
-flight keep their head through a promote or rollback, and a canary of the stable version is
-refused.
+flight keep their head through a promote or rollback, a canary of the stable version is refused,
+and a version name can never reach outside the registry.
 
 The stand-in answers like the embedding server (base64 float32) but holds every request until the
 test lets it go, so "a promote lands while requests are being embedded" happens on every run.
 """
 
 import base64
+import re
+import subprocess
+import sys
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from helpers import load_snippet, serve, serve_app, wait_until
+from helpers import SNIPPETS, free_port, load_snippet, serve, serve_app, wait_until
 
 ROUTER = "data_flywheel/intent_router.py"
 registry = load_snippet("data_flywheel/registry.py")
@@ -60,10 +63,11 @@ def tiny_head(seed: int):
 
 @pytest.fixture(scope="module")
 def registry_dir(tmp_path_factory):
-    """A registry with v1 and v2."""
+    """A registry with v1 and v2, and beside it a head in a folder that is not in the registry."""
     root = tmp_path_factory.mktemp("router")
     for seed, version in enumerate(("v1", "v2")):
         registry.save(root / "registry", version, tiny_head(seed), {})
+    registry.save(root, "outside", tiny_head(2), {})  # root/outside: reachable as ../outside
     return root / "registry"
 
 
@@ -132,3 +136,52 @@ def test_a_canary_of_the_stable_version_is_409(router):
     assert (error["param"], error["code"]) == ("candidate", "candidate_is_stable")
     assert "'v1' is already the stable version" in error["message"]
     assert httpx.get(router + "/v1/versions").json()["candidate"] is None
+
+
+BAD_NAMES = ["../outside", ".", "..", "v1/../v2", "", "v 1", "v1\n", "vé", "v" * 101]
+
+
+def test_a_version_name_outside_the_registry_is_400(router, registry_dir):
+    """A version name is a folder name in the registry: '../outside' or an absolute path would load
+    the head beside it, and '.', '..' or an empty name the registry itself or its parent."""
+    for name in [*BAD_NAMES, str(registry_dir.parent / "outside")]:
+        error = error_of(httpx.post(router + "/v1/canary", json={"candidate": name}), 400)
+        assert error["param"] == "candidate" and "'candidate'" in error["message"], name
+    assert httpx.get(router + "/v1/versions").json()["candidate"] is None
+
+
+def test_the_openapi_schema_describes_a_version_name(router):
+    """The fuzzing tests generate requests from the schema: it must say what a name may be."""
+    schema = httpx.get(router + "/openapi.json").json()
+    candidate = schema["components"]["schemas"]["CanaryRequest"]["properties"]["candidate"]
+    pattern = re.compile(candidate["pattern"])  # JSON Schema patterns are searched, not matched
+    assert all(pattern.search(name) for name in ("v1", "v1.2_rc-3", ".hidden", "..."))
+    assert not any(pattern.search(name) for name in ("..", ".", "../x", "/etc", "", "a b", "vé"))
+    assert candidate["maxLength"] == 100
+
+
+def test_the_registry_refuses_names_outside_it(registry_dir):
+    for name in ["../escaped", str(registry_dir.parent / "escaped"), ".", "..", "a/b", ""]:
+        with pytest.raises(ValueError, match=r"^'.*' is not a version name: [^\n]*$"):
+            registry.save(registry_dir, name, tiny_head(0), {})
+        with pytest.raises(ValueError, match="is not a version name"):
+            registry.load(registry_dir, name)
+    assert not (registry_dir.parent / "escaped").exists()
+    assert registry.load(registry_dir, "v1")[1]["version"] == "v1"
+
+
+def test_the_cli_refuses_a_stable_version_outside_the_registry(registry_dir):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SNIPPETS / ROUTER),
+            *("--port", str(free_port()), "--registry", str(registry_dir)),
+            *("--stable", "../outside"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,  # a router that accepted the name would serve until killed
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert "error: '../outside' is not a version name" in last_line

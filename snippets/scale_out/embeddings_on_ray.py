@@ -8,12 +8,18 @@ embedding server, with Ray doing the batching, the replicas and the autoscaling.
 Locally the script starts Ray itself on 127.0.0.1 with a bounded number of CPUs, no dashboard, no
 usage stats and a temporary folder of its own, and stops everything on SIGTERM or Ctrl-C. On a
 cluster, `serve deploy` imports `app` from this file unchanged.
+
+API keys and the rate limit come from the environment of the replicas, the same way for all
+three commands: SERVEBOOK_API_KEYS (keys or 'sha256:<hex>' entries, separated by commas; none
+means no key is asked for) and SERVEBOOK_RATE_LIMIT (requests a minute per key, in each replica).
 """
 
 import argparse
 import asyncio
 import base64
+import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -30,6 +36,7 @@ sys.path[:0] = [
 ]  # this file, and the embedding server's pieces
 from embedding_server import (
     EMBEDDING_DIM,
+    MAX_BODY_BYTES,
     MAX_TOKENS,
     MODEL_DIR,
     MODEL_NAME,
@@ -38,10 +45,48 @@ from embedding_server import (
     load_model,
     make_embed,
 )
-from server_kit import ApiError, install_error_handlers
+from server_kit import ApiError, Guard, install_error_handlers
+
+KEYS_VARIABLE, RATE_LIMIT_VARIABLE = "SERVEBOOK_API_KEYS", "SERVEBOOK_RATE_LIMIT"
+
+
+# --8<-- [start:guard]
+def keys_from_environment() -> list[str]:
+    """SERVEBOOK_API_KEYS split at commas or spaces; empty or unset: no key is asked for."""
+    return [key for key in re.split(r"[\s,]+", os.environ.get(KEYS_VARIABLE, "")) if key]
+
+
+def rate_limit_from_environment() -> float | None:
+    """SERVEBOOK_RATE_LIMIT as requests a minute per key (in each replica); unset: no limit."""
+    value = os.environ.get(RATE_LIMIT_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = math.nan
+    if not 0 < rate < math.inf:
+        raise ValueError(f"{RATE_LIMIT_VARIABLE} must be requests a minute above 0, not {value!r}")
+    return rate
+
+
+def guard_from_environment(app) -> Guard:
+    """The single-process server's Guard (keys, body cap, rate limit), set from the environment.
+
+    Starlette calls this when it builds the middleware stack, in each replica as it starts, so the
+    keys are read where the replica runs and never travel inside the pickled app."""
+    return Guard(
+        app,
+        api_keys=keys_from_environment(),
+        rate_limit_per_minute=rate_limit_from_environment(),
+        max_body_bytes=MAX_BODY_BYTES,
+    )
+
 
 api = FastAPI(title="Embeddings on Ray Serve")
 install_error_handlers(api)  # the same OpenAI-style error bodies as the single-process server
+api.add_middleware(guard_from_environment)  # before @serve.ingress, which takes a copy of `api`
+# --8<-- [end:guard]
 
 
 # --8<-- [start:deployment]

@@ -1,8 +1,8 @@
 """scale_out/embeddings_on_ray.py: the embedding service on Ray Serve, started with its one
 command on loopback. The `openai` client gets the model's embeddings; two replicas both serve;
 beyond the queue Ray's proxy answers 503 in plain text; the single-process server's guard (keys
-from SERVEBOOK_API_KEYS, body cap, rate limit) answers 401, 413 and 429; SIGTERM leaves no Ray
-process behind. (test_ray_config.py runs the same app from its config file with `serve run`.)
+from SERVEBOOK_API_KEYS, body cap, rate limit) answers 401, 413 and 429; a replica tokenizes in
+one thread off its event loop; SIGTERM leaves no Ray process behind. (test_ray_config.py runs the same app from its config file with `serve run`.)
 """
 
 import asyncio
@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import requests
-from helpers import REPO, SNIPPETS, free_port, wait_until
+from helpers import REPO, SNIPPETS, free_port, load_snippet, wait_until
 from openai import OpenAI
 
 APP = "scale_out/embeddings_on_ray.py"
@@ -239,3 +240,27 @@ def test_past_the_rate_limit_is_429(ray_app):
     assert answer.status_code == 429, answer.text
     assert answer.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(answer.headers["retry-after"]) >= 1 and sent > RATE_LIMIT
+
+
+def test_a_replica_tokenizes_in_one_thread_off_its_event_loop():
+    """Tokenizing a 1 MB body on the event loop would stall every request on the replica, and a
+    fast tokenizer must not run in two threads at once: eight requests' texts are tokenized in one
+    thread, never the loop's. The replica is built here, without Ray (@serve.ingress subclasses
+    the class in the file; its first base is that class), with the real tokenizer."""
+    replica = load_snippet(APP).Embedder.func_or_class.__bases__[0]()
+    tokenizer, threads = replica.tokenizer, set()
+
+    def recording_tokenizer(texts):
+        threads.add(threading.get_ident())
+        return tokenizer(texts)
+
+    replica.tokenizer = recording_tokenizer
+
+    async def tokenize_eight():
+        texts = [[f"request {i}"] for i in range(8)]
+        ids = await asyncio.gather(*(replica.tokenize(t) for t in texts))
+        return threading.get_ident(), ids
+
+    loop_thread, token_ids = asyncio.run(tokenize_eight())
+    assert token_ids[3] == tokenizer(["request 3"])["input_ids"]
+    assert len(threads) == 1 and loop_thread not in threads

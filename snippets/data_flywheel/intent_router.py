@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))  # the servers' shared kit
@@ -55,9 +55,20 @@ class ClassifyRequest(BaseModel):
 
 
 class CanaryRequest(BaseModel):
+    """The candidate is a registry folder name: the pattern puts the rule in the OpenAPI schema,
+    the validator answers a name that breaks it with a sentence rather than the regex."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
-    candidate: str
+    candidate: Annotated[
+        str,
+        Field(pattern=registry.VERSION_PATTERN, max_length=registry.VERSION_MAX_LENGTH),
+    ]
     share: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+    @field_validator("candidate", mode="before")
+    @classmethod
+    def is_a_version_name(cls, value):
+        return registry.check_version(value) if isinstance(value, str) else value
 
 
 # --8<-- [start:deployment]
@@ -106,6 +117,8 @@ class Deployment:
             head = self.load(candidate)
         except FileNotFoundError as error:
             raise ApiError(404, str(error), param="candidate", code="not_found") from None
+        except ValueError as error:  # not a version name (the request body checks it first)
+            raise ApiError(400, str(error), param="candidate") from None
         with self.changing:  # checked under the lock: a promote may change the stable version
             if candidate == self.serving.stable.version:
                 raise ApiError(
@@ -261,7 +274,7 @@ def main() -> None:
     api_keys = check_server_arguments(parser, args)
     try:
         deployment = Deployment(args.registry, args.stable)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # no such version, or not a version name
         parser.error(str(error))
     app = create_app(deployment, args.embedding_url, args.log_db, api_keys)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

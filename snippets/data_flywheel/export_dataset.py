@@ -29,7 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from redact import redact
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of the request log this exporter reads
+# PRAGMA user_version of the request logs this exporter reads: the columns it reads are in each
+# (version 2 only added the Open Inference Protocol client's id).
+SCHEMA_VERSIONS = (1, 2)
 TASKS = ("classification", "chat")
 SPLIT_METHOD = "sha256 of the normalised, redacted text"
 REVIEWED = """
@@ -67,8 +69,8 @@ def open_log(path: Path) -> sqlite3.Connection:
         db.close()
         raise ExportError(f"{path}: not an SQLite database ({e})") from None
     problem = None
-    if version != SCHEMA_VERSION:
-        problem = f"request log schema version {version}, expected {SCHEMA_VERSION}"
+    if version not in SCHEMA_VERSIONS:
+        problem = f"request log schema version {version}, expected one of {SCHEMA_VERSIONS}"
     elif not {"requests", "feedback"} <= tables:
         problem = "not a request log (no requests and feedback tables)"
     if problem:

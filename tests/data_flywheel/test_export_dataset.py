@@ -318,7 +318,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     old.close()
     newer = make_log(tmp_path / "newer.sqlite", [])
     with sqlite3.connect(newer) as db:
-        db.execute("PRAGMA user_version = 2")
+        db.execute("PRAGMA user_version = 3")
     task = ["--task", "classification", "--out", str(tmp_path / "ds")]
     assert cli_error(str(tmp_path / "missing.sqlite"), *task) == (
         f"error: {tmp_path / 'missing.sqlite'}: no such file"
@@ -327,9 +327,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
         f"error: {tmp_path / 'notes.txt'}: not an SQLite database"
     )
     assert cli_error(str(tmp_path / "old.sqlite"), *task) == (
-        f"error: {tmp_path / 'old.sqlite'}: request log schema version 0, expected 1"
+        f"error: {tmp_path / 'old.sqlite'}: request log schema version 0, expected one of (1, 2)"
     )
-    assert cli_error(str(newer), *task).endswith("request log schema version 2, expected 1")
+    assert cli_error(str(newer), *task).endswith(
+        "request log schema version 3, expected one of (1, 2)"
+    )
     fine = make_log(tmp_path / "fine.sqlite", [])
     assert cli_error(str(fine), *task, "--since", "last tuesday") == (
         "error: not an ISO date or time: 'last tuesday'"

@@ -233,7 +233,7 @@ def test_retention_purge_and_cli_errors(tmp_path):
     for i, created in enumerate((old, new)):
         conn.execute(
             request_log.INSERT,
-            (f"r{i}", created, "/v1/embeddings", "m", "v1", None, "[]", None, 1.0, 200),
+            (f"r{i}", created, "/v1/embeddings", "m", "v1", None, "[]", None, 1.0, 200, None),
         )
     assert request_log.purge_older_than(conn, 90) == 1
     assert [r[0] for r in conn.execute("SELECT id FROM requests")] == ["r1"]
@@ -429,7 +429,7 @@ def test_every_request_that_reached_the_engine_leaves_exactly_one_row(smollm2_di
     llm = load_snippet("backends/llm_server.py")
     db = tmp_path / "rows.db"
     app = llm.create_app(
-        llm.Settings(model=smollm2_dir, dtype="float32", log_db=db, request_timeout=2)
+        llm.Settings(model=smollm2_dir, dtype="float32", log_db=db, request_timeout=3)
     )
     with serve_app(app) as url:
         assert wait_until(lambda: requests.get(url + "/health").status_code == 200, timeout=60)
@@ -456,8 +456,9 @@ def test_every_request_that_reached_the_engine_leaves_exactly_one_row(smollm2_di
         with requests.post(chat, json={**LONG, "stream": True}, stream=True, timeout=60) as r:
             late_stream = r.headers["x-request-id"]
             assert "timeout" in [line for line in r.iter_lines(decode_unicode=True) if line][-2]
-        # the model fails mid-answer
-        app.state.engine.model = FailsAfter(app.state.engine.model, countdown=6)
+        # the model fails mid-answer (with a deadline it cannot reach first)
+        app.state.settings.request_timeout = 120
+        app.state.engine.model = FailsAfter(app.state.engine.model, countdown=2)
         with requests.post(chat, json={**LONG, "stream": True}, stream=True, timeout=60) as r:
             failed = r.headers["x-request-id"]
             assert "model_error" in [line for line in r.iter_lines(decode_unicode=True) if line][-2]

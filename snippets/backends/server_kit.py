@@ -204,10 +204,10 @@ class Guard:
             return await response(scope, receive, send)
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await self.too_large(f"is {int(declared)} bytes")(scope, receive, send)
+            return await self.too_large(int(declared))(scope, receive, send)
         body = await self.read_body(receive)
         if body is None:  # the client left, or sent more than the limit without saying so
-            return await self.too_large("exceeds that")(scope, receive, send)
+            return await self.too_large()(scope, receive, send)
         json_end = headers.get(b"inference-header-content-length", b"")
         if field := lone_surrogate_field(body[: int(json_end)] if json_end.isdigit() else body):
             response = error_response(
@@ -232,12 +232,12 @@ class Guard:
         matches = [hmac.compare_digest(given, stored) for stored in self.key_hashes]
         return self.key_hashes[matches.index(True)].hex()[:12] if any(matches) else None
 
-    def too_large(self, size: str) -> JSONResponse:
-        return error_response(
-            413,
-            f"Request body {size}; the limit is {self.max_body_bytes} bytes.",
-            code="body_too_large",
-        )
+    def too_large(self, declared: int | None = None) -> JSONResponse:
+        if declared is None:
+            message = f"Request body exceeds the limit of {self.max_body_bytes} bytes."
+        else:
+            message = f"Request body is {declared} bytes; the limit is {self.max_body_bytes}."
+        return error_response(413, message, code="body_too_large")
 
     async def read_body(self, receive) -> bytes | None:
         """The whole body (the routes read it whole anyway), or None past the size limit."""

@@ -73,6 +73,8 @@ bench: install
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PY) -m pip install -q llama-cpp-python[server]==$(LLAMA_CPP_VERSION)
 	$(PY) benchmarks/peers.py
 	rm -rf .cache/flywheel-run && $(PY) snippets/data_flywheel/flywheel_loop.py --out .cache/flywheel-run --publish
+	# The fuzzing of `make test`, longer: 200 generated requests per route and server.
+	FUZZ_EXAMPLES=200 $(VENV)/bin/pytest -q tests/backends/test_fuzzing.py
 
 clean:
 	rm -rf site .cache .pytest_cache

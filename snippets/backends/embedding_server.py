@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
+from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -116,18 +117,26 @@ def not_blank(text: str) -> str:
     return text
 
 
+# What the schema tells clients (and fuzzers) beyond the types: the one model name, text that is
+# not blank and short enough for MAX_TOKENS (the token count itself is checked after tokenizing).
+THIS_MODEL = {"enum": [MODEL_NAME]}
+TEXT = {"pattern": r"\S", "maxLength": MAX_TOKENS - 2}
+
+
 class EmbeddingRequest(BaseModel):
     """The body of POST /v1/embeddings as OpenAI defines it. Unknown fields are refused, not ignored:
     a misspelt option that silently does nothing is worse than a 400."""
 
     model_config = ConfigDict(extra="forbid")
     input: Annotated[
-        list[Annotated[str, AfterValidator(not_blank)]],
+        list[Annotated[str, AfterValidator(not_blank), Field(json_schema_extra=TEXT)]],
         Field(min_length=1, max_length=MAX_INPUTS_PER_REQUEST),
     ]
-    model: str
+    model: Annotated[str, Field(json_schema_extra=THIS_MODEL)]  # another name gets a 404
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: Annotated[int | None, Field(json_schema_extra={"enum": [EMBEDDING_DIM, None]})] = (
+        None
+    )
     user: str | None = None
 
     @field_validator("input", mode="before")
@@ -155,7 +164,7 @@ class InputTensor(BaseModel):
     name: Literal["text"]
     datatype: Literal["BYTES"]
     shape: Annotated[list[StrictInt], Field(min_length=1, max_length=1)]
-    data: list[str] | None = None
+    data: list[Annotated[str, Field(json_schema_extra=TEXT)]] | None = None
     parameters: TensorParameters | None = None
 
 
@@ -466,21 +475,58 @@ def v2_ready(request: Request):
     return {}
 
 
+ModelName = Annotated[str, PathParameter(json_schema_extra=THIS_MODEL)]
+
+
 @router.get("/v2/models/{name}")
-def v2_model(name: str):
+def v2_model(name: ModelName):
     check_model(name)
     return MODEL_METADATA
 
 
 @router.get("/v2/models/{name}/ready")
-def v2_model_ready(name: str, request: Request):
+def v2_model_ready(name: ModelName, request: Request):
     check_model(name)
     request.app.state.health.require_ready()
     return {}
 
 
-@router.post("/v2/models/{name}/infer")
-async def v2_infer(name: str, request: Request):
+def inlined(schema: dict) -> dict:
+    """A pydantic JSON schema with its $defs written in place, for a request body declared by
+    hand (openapi_extra cannot point at pydantic's $defs)."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {key: resolve(value) for key, value in node.items()}
+        return [resolve(value) for value in node] if isinstance(node, list) else node
+
+    return resolve(schema)
+
+
+# The route reads the raw body (JSON, or JSON then binary tensors), so its schema is declared here.
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": inlined(InferRequest.model_json_schema()),
+                "example": {
+                    "id": "42",
+                    "inputs": [
+                        {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Hello"]}
+                    ],
+                },
+            }
+        },
+    }
+}
+
+
+@router.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY)
+async def v2_infer(name: ModelName, request: Request):
     """Open Inference Protocol inference, in JSON or with the binary tensor extension (the JSON
     header, then raw tensor bytes; Inference-Header-Content-Length says where the JSON ends)."""
     check_model(name)

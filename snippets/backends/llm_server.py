@@ -146,7 +146,7 @@ class ChatRequest(BaseModel):
     has but this server does not implement are accepted by the schema and refused by name."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    model: str
+    model: Annotated[str, Field(json_schema_extra={"enum": [MODEL_ID]})]  # another: 404
     messages: Annotated[list[Message], Field(min_length=1)]
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)

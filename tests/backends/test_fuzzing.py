@@ -1,0 +1,85 @@
+"""Schemathesis, the field's OpenAPI fuzzer, against each server's own schema: every route, with
+bodies built to the schema (so most reach the model) and bodies built to break it.
+
+Pass: no 5xx (the only 5xx a server may answer are 503s for not ready, queue full and shutting
+down, none of which a fuzzing run should meet), no answer slower than 30 s, and /health ready
+afterwards. The seed is random; a failure prints it (`Seed: N`) so the case can be replayed with
+`st run ... --seed N`. `make bench` runs the same tests longer (FUZZ_EXAMPLES=200 per operation).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import requests
+from helpers import load_snippet, serve
+
+ST = Path(sys.executable).with_name("st")  # schemathesis's command, from this environment
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))  # per operation; 0: each test's default
+
+
+def fuzz(url: str, report_dir: Path, max_examples: int) -> dict:
+    """Run schemathesis against the server's schema; return its JSON report, failing on any 5xx."""
+    command = [
+        str(ST),
+        "run",
+        url + "/openapi.json",
+        "--checks=not_a_server_error",
+        "--max-response-time=30",
+        "--request-timeout=60",
+        f"--max-examples={EXAMPLES or max_examples}",
+        "--workers=2",
+        "--report=json",
+        f"--report-dir={report_dir}",
+    ]
+    report_dir.mkdir()
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    [report_file] = report_dir.glob("*.json")
+    report = json.loads(report_file.read_text())
+    assert run.returncode == 0 and report["failures"] == [], run.stdout[-6000:]
+    assert requests.get(url + "/health", timeout=10).json()["status"] == "ready"
+    return report
+
+
+def accepted(report: dict, operation: str) -> int:
+    """How many generated requests the server accepted (2xx) for one operation."""
+    return sum(phase["accepted"] for phase in report["valid_rates"][operation].values())
+
+
+def test_fuzz_the_embedding_server(embedding_server, tmp_path):
+    report = fuzz(embedding_server.url, tmp_path / "report", max_examples=60)
+    assert report["test_cases"]["generated"] >= 300
+    for operation in ("POST /v1/embeddings", "POST /v2/models/{name}/infer"):
+        assert accepted(report, operation) >= 5, operation  # fuzzing reached the model
+    assert report["warnings"]["validation_mismatch"] in ([], ["POST /v2/models/{name}/infer"])
+    print("embedding server:", report["test_cases"]["generated"], "cases")
+
+
+def test_fuzz_the_llm_server(smollm2_dir, tmp_path):
+    """A small context window caps every answer (prompt + output <= 64 tokens), so no generated
+    request can run long; the request log is on, so every answer is logged too."""
+    args = ["--model", str(smollm2_dir), "--max-context", "64", "--log-db", str(tmp_path / "l.db")]
+    with serve("backends/llm_server.py", *args) as srv:
+        report = fuzz(srv.url, tmp_path / "report", max_examples=15)
+    assert report["test_cases"]["generated"] >= 300
+    for operation in ("POST /v1/chat/completions", "POST /generate"):
+        assert accepted(report, operation) >= 5, operation
+    print("LLM server:", report["test_cases"]["generated"], "cases")
+
+
+def test_fuzz_the_intent_router(embedding_server, tmp_path):
+    registry = load_snippet("data_flywheel/registry.py")
+    rng = np.random.default_rng(0)
+    for version in ("v1", "v2"):
+        head = registry.train_head(rng.normal(size=(40, 384)), ["billing_refund", "other"] * 20)
+        registry.save(tmp_path / "registry", version, head, {})
+    args = ["--registry", str(tmp_path / "registry"), "--stable", "v1"]
+    args += ["--embedding-url", embedding_server.url, "--log-db", str(tmp_path / "router.db")]
+    with serve("data_flywheel/intent_router.py", *args) as router:
+        report = fuzz(router.url, tmp_path / "report", max_examples=60)
+    assert report["test_cases"]["generated"] >= 300
+    assert accepted(report, "POST /v1/classify") >= 5
+    print("intent router:", report["test_cases"]["generated"], "cases")

@@ -68,6 +68,7 @@ def add_request(
             json.dumps(answer),
             850.0,
             200,
+            None,  # client_id: chat clients do not choose the id
         ),
     )
     if rating is not None:

@@ -1,21 +1,33 @@
-"""An OpenAI-compatible chat server with continuous batching, small enough to read in one sitting.
+"""An OpenAI-compatible chat server with continuous batching, in the order a request travels.
 
-Continuous (iteration-level) batching: a scheduler thread runs one decode step at a time over
-every running sequence. Between steps, new requests join (after their own prefill) and finished
-ones leave, so a short answer never waits for a long one. Each sequence keeps its own sampling
-settings (temperature, top_p, seed) and its own KV cache rows.
+1. protocol: the request body and `SamplingParams`, with the bounds every field must keep;
+2. engine: a `Sequence` per request and a scheduler thread that admits, steps and retires
+   sequences over one batched KV cache: between two decode steps new requests join (after their
+   own prefill) and finished ones leave, so a short answer never waits for a long one;
+3. sampling: logits processors (the one way to change what may be drawn), then greedy or
+   temperature, top-k and top-p draws, each sequence with its own generator;
+4. detokenizer: token ids to text, one token at a time, stop strings held back and cut;
+5. `AsyncEngine.generate`: what a route awaits; its own `finally` handles cancel, deadline and
+   the request-log row, so routes never touch engine internals;
+6. routes, lifespan and the command line.
+
+Optional parts, each in its own file beside this one, plug into those points; drop any of them
+with the two lines that use it: `prefix_cache.py` (an admission hook: a shared system prompt is
+prefilled once), `structured_output.py` (a logits processor: JSON that fits a schema) and
+`tgi_route.py` (Text Generation Inference's POST /generate, a router the app includes).
+
+Design limits: a prefill blocks every running sequence for its duration (no chunked prefill);
+the KV cache is one left-padded tensor per layer, one row per sequence (no paged attention, no
+preemption: `--max-running` rows at most); the engine has no deadline of its own (routes cancel
+what they stop waiting for); one process, one model, one CPU or GPU.
 
     python snippets/servable_model/gguf_to_safetensors.py      # once: a fast-loading model folder
     python snippets/backends/llm_server.py --host 127.0.0.1 --port 8000
-
-Routes: POST /v1/chat/completions (streaming and not), GET /v1/models, TGI's POST /generate,
-GET /health, GET /metrics, GET /docs. Shared pieces (errors, keys, limits) live in server_kit.py.
 """
 
 import argparse
 import asyncio
 import contextlib
-import copy
 import importlib.util
 import json
 import queue
@@ -23,21 +35,18 @@ import sys
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
-import llguidance
-import llguidance.hf
-import numpy as np
 import torch
 import torch.nn.functional as F
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prefix_cache import PrefixCache, system_prompt_length
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -47,8 +56,8 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from request_log import Row
 from server_kit import (
+    AnswerLog,
     ApiError,
     DrainingServer,
     Health,
@@ -59,11 +68,11 @@ from server_kit import (
     configure_logging,
     install_error_handlers,
     log,
-    log_answer,
-    log_answer_later,
     open_request_log,
     unless_disconnected,
 )
+from structured_output import ResponseFormat, grammar_mask, grammar_tokenizer
+from tgi_route import router as tgi_router
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.utils import logging as hf_logging
 
@@ -94,9 +103,7 @@ TPOT = Histogram(
     registry=registry,
 )
 RUNNING = Gauge("llm_running_sequences", "Sequences in the decode batch", registry=registry)
-WAITING = Gauge(
-    "llm_waiting_sequences", "Sequences waiting for a place in the batch", registry=registry
-)
+WAITING = Gauge("llm_waiting_sequences", "Sequences waiting for a place", registry=registry)
 PREFIX_HITS = Counter(
     "llm_prefix_cache_hits", "Prefills that reused a cached shared prefix", registry=registry
 )
@@ -107,7 +114,7 @@ PREFIX_TOKENS = Counter(
 )
 
 
-# --8<-- [start:bodies]
+# --8<-- [start:protocol]
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "user", "assistant"]
@@ -123,22 +130,18 @@ class StreamOptions(BaseModel):
 StopStrings = Annotated[
     list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)
 ]
-
-
-class JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
-    name: Annotated[str, Field(min_length=1, max_length=64)]
-    description: str | None = None
-    json_schema: dict = Field(alias="schema")  # "schema" would shadow a pydantic method
-    strict: bool | None = None
-
-
-class ResponseFormat(BaseModel):
-    """OpenAI's response_format: free text, any JSON object, or JSON valid against a schema."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
+NOT_IMPLEMENTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "parallel_tool_calls",
+)
 
 
 class ChatRequest(BaseModel):
@@ -177,40 +180,6 @@ class ChatRequest(BaseModel):
         return [value] if isinstance(value, str) else [] if value is None else value
 
 
-NOT_IMPLEMENTED = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-    "presence_penalty",
-    "frequency_penalty",
-    "parallel_tool_calls",
-)
-
-
-class GenerateParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    max_new_tokens: int = Field(20, ge=1)
-    do_sample: bool = False
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    stop: StopStrings = []
-
-
-class GenerateRequest(BaseModel):
-    """The body of TGI's POST /generate: a raw prompt, greedy unless do_sample."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    inputs: Annotated[str, Field(min_length=1)]
-    parameters: GenerateParameters = GenerateParameters()
-    stream: Literal[False] = False
-
-
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request wants its tokens chosen; every sequence keeps its own."""
@@ -227,66 +196,18 @@ class SamplingParams:
         return self.temperature < GREEDY_BELOW
 
 
-# --8<-- [end:bodies]
+# --8<-- [end:protocol]
 
 
-class Detokenizer:
-    """Token ids to text, one token at a time, without re-decoding the whole answer.
+# --8<-- [start:engine]
+class LogitsProcessor(Protocol):
+    """What may change a sequence's next-token choice (structured output's grammar is one)."""
 
-    It decodes a short window (the last few tokens plus one of context, since some tokenizers
-    drop a leading space at the start of a decode), holds back an incomplete UTF-8 character, and
-    holds back a tail that could be the start of a stop string. `add` returns the text that is
-    final; `stopped` turns True at the first stop string, whose text is never sent.
-    """
+    def __call__(self, logits: torch.Tensor) -> None:
+        """Edit one row of next-token logits in place (set forbidden tokens to -inf)."""
 
-    def __init__(self, tokenizer, stops: tuple[str, ...]):
-        self.tokenizer, self.stops = tokenizer, stops
-        self.ids: list[int] = []
-        self.prefix_offset = self.read_offset = 0
-        self.pending = ""  # decoded, not yet sent: a possible stop string's beginning
-        self.stopped = False
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        before = self.decode(self.ids[self.prefix_offset : self.read_offset])
-        after = self.decode(self.ids[self.prefix_offset :])
-        if after.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            return ""
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        self.pending += after[len(before) :]
-        return self.release()
-
-    def release(self) -> str:
-        """Cut at a complete stop string; otherwise send all but a possible stop-string start."""
-        cut = min(
-            (i for i in (self.pending.find(stop) for stop in self.stops) if i >= 0), default=-1
-        )
-        if cut >= 0:
-            self.stopped = True
-            text, self.pending = self.pending[:cut], ""
-            return text
-        keep = max(
-            (
-                k
-                for stop in self.stops
-                for k in range(len(stop) - 1, 0, -1)
-                if self.pending.endswith(stop[:k])
-            ),
-            default=0,
-        )
-        text, self.pending = (
-            self.pending[: len(self.pending) - keep],
-            self.pending[len(self.pending) - keep :],
-        )
-        return text
-
-    def flush(self) -> str:
-        """At the end of generation, what was held back is final."""
-        text, self.pending = self.pending, ""
-        return text
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def accept(self, token_id: int) -> bool:
+        """Note the token drawn; True when the sequence must end here."""
 
 
 @dataclass(eq=False)
@@ -297,8 +218,11 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop = field(repr=False)
+    detokenizer: "Detokenizer | None" = field(default=None, repr=False)
+    processors: tuple[LogitsProcessor, ...] = ()
+    shared_prefix: int = 0  # leading prompt tokens other requests share (the system prompt)
     events: asyncio.Queue = field(default_factory=asyncio.Queue, repr=False)
-    cancelled: bool = False  # set by the event loop (deadline, disconnect); read between steps
+    cancelled: bool = False  # set by the event loop (deadline, hang-up); read between steps
     failed: bool = False  # set by the engine when this sequence alone failed
     generated: int = 0
     last_token: int = -1
@@ -306,9 +230,6 @@ class Sequence:
     first_token_at: float | None = None
     last_token_at: float | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
-    detokenizer: Detokenizer | None = field(default=None, repr=False)
-    matcher: llguidance.LLMatcher | None = field(default=None, repr=False)  # structured output only
-    shared_prefix: int = 0  # leading prompt tokens other requests may share (the system prompt)
 
     def emit(self, event: str | Exception | None) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is listening
@@ -328,74 +249,38 @@ class Sequence:
         return self.cancelled or self.failed or self.finish_reason is not None
 
 
-# --8<-- [start:prefix]
-class PrefixCache:
-    """The KV caches of recent shared prefixes (system prompts), least recently used dropped first.
-
-    The keys and values of a prefix depend only on its tokens, so a request that starts with the
-    same system prompt can start from a copy of them and prefill only what follows. What GPU
-    engines do for any prefix in blocks (vLLM's automatic prefix caching, SGLang's radix tree),
-    this does for the one prefix most chat traffic shares.
-    """
-
-    def __init__(self, size: int):
-        self.size, self.entries = size, OrderedDict()
-
-    def get(self, prefix: list[int]) -> DynamicCache | None:
-        """A private copy of the cached prefix's KV (the copy grows; the cached one must not)."""
-        if not prefix or (found := self.entries.get(tuple(prefix))) is None:
-            return None
-        self.entries.move_to_end(tuple(prefix))
-        return copy.deepcopy(found)
-
-    def put(self, prefix: list[int], cache: DynamicCache) -> None:
-        if self.size < 1:
-            return
-        snapshot = copy.deepcopy(cache)
-        for layer in snapshot.layers:  # keep only the prefix's positions
-            layer.keys, layer.values = (
-                layer.keys[:, :, : len(prefix)].clone(),
-                layer.values[:, :, : len(prefix)].clone(),
-            )
-        self.entries[tuple(prefix)] = snapshot
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+def prefill(model, seq: Sequence) -> tuple[DynamicCache, torch.Tensor]:
+    """Run the whole prompt once: its KV cache, and the logits of the token after it."""
+    cache = DynamicCache(config=model.config)
+    ids = torch.tensor([seq.prompt_ids])
+    return cache, model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
 
 
-# --8<-- [end:prefix]
-
-
-# --8<-- [start:engine]
 class Engine:
     """Iteration-level scheduler over one batched KV cache, run in its own thread.
 
-    A failed prefill fails only its own request; a failed decode step fails the sequences in
-    that step (they share one forward pass); anything else is a bug in the scheduler, which
-    stops it, fails every request it holds and reports through `on_fatal` (/health turns 503).
+    `prefill` is the admission hook (the prefix cache replaces it). A failed prefill fails only
+    its own request; a failed decode step fails the sequences in that step (they share one
+    forward pass); anything else is a bug in the scheduler, which stops it, fails every request
+    it holds and reports through `on_fatal` (/health turns 503).
     """
 
     def __init__(
         self,
         model,
-        tokenizer,
         eos_ids: set[int],
         max_running: int,
         max_waiting: int,
         on_fatal: Callable[[BaseException], None],
-        prefix_cache_size: int = 8,
+        prefill: Callable = prefill,
     ):
-        self.model, self.tokenizer, self.eos_ids = (
-            model,
-            tokenizer,
-            eos_ids,
-        )  # tokenizer: decoding only
-        self.prefixes = PrefixCache(prefix_cache_size)
+        self.model, self.eos_ids, self.prefill = model, eos_ids, prefill
         self.max_running, self.max_waiting, self.on_fatal = max_running, max_waiting, on_fatal
         self.inbox: queue.Queue[Sequence] = queue.Queue()
         self.running: list[Sequence] = []  # row i of the cache belongs to running[i]
         self.cache: DynamicCache | None = None  # keys/values of all rows, left-padded to one width
         self.mask: torch.Tensor | None = None  # [rows, columns]: 1 = real token, 0 = padding
-        self.stopped = threading.Event()
+        self.stopped = threading.Event()  # the server is gone: the thread ends
         self.closing = threading.Event()  # the drain is over: end what is left (shutting_down)
         self.failure: BaseException | None = None
 
@@ -424,7 +309,7 @@ class Engine:
                         self.end_all(shutting_down())
                     self.admit()
                     if self.running:
-                        self.decode_step()
+                        self.step()
         except BaseException as error:  # noqa: BLE001 -- a scheduler bug: stop and tell everyone
             self.failure = error
             self.on_fatal(error)
@@ -439,36 +324,18 @@ class Engine:
                 return
             WAITING.set(self.inbox.qsize())
             if seq.cancelled:
-                seq.emit(None)
                 continue
             try:
-                cache, logits = self.prefill(seq)
+                cache, logits = self.prefill(self.model, seq)
             except Exception as error:  # noqa: BLE001 -- this request's prefill failed: only it fails
                 log.exception("prefill failed for a %d-token prompt", len(seq.prompt_ids))
                 seq.fail(error)
                 continue
             self.join(seq, cache)
-            self.accept_or_fail(seq, sample(logits.unsqueeze(0), [seq])[0])
+            self.accept(seq, sample(logits.unsqueeze(0), [seq])[0])
             self.leave([len(self.running) - 1] if seq.done else [])
 
-    def prefill(self, seq: Sequence) -> tuple[DynamicCache, torch.Tensor]:
-        """Run the prompt once; keep its KV cache and the next-token logits. A shared prefix (the
-        system prompt) seen before is not recomputed: its cached keys and values are copied and
-        only the rest of the prompt runs."""
-        cached = self.prefixes.get(seq.prompt_ids[: seq.shared_prefix])
-        cache = cached or DynamicCache(config=self.model.config)
-        start = seq.shared_prefix if cached else 0
-        ids = torch.tensor([seq.prompt_ids[start:]])
-        logits = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits
-        if cached:
-            PREFIX_HITS.inc()
-            PREFIX_TOKENS.inc(start)
-        elif seq.shared_prefix:
-            self.prefixes.put(seq.prompt_ids[: seq.shared_prefix], cache)
-        seq.detokenizer = Detokenizer(self.tokenizer, seq.params.stop)
-        return cache, logits[0, -1]
-
-    def decode_step(self) -> None:
+    def step(self) -> None:
         """One decode step for every running sequence: each row gets exactly one new token."""
         self.leave([row for row, seq in enumerate(self.running) if seq.cancelled])
         if not self.running:
@@ -489,22 +356,21 @@ class Engine:
             self.end_all(error, waiting_too=False)
             return
         for seq, token_id in zip(self.running, sample(logits, self.running)):
-            self.accept_or_fail(seq, token_id)
+            self.accept(seq, token_id)
         self.leave([row for row, seq in enumerate(self.running) if seq.done])
 
-    def accept_or_fail(self, seq: Sequence, token_id: int | None) -> None:
-        """Accept the sampled token; a sequence whose token could not be sampled or accepted
-        (a grammar that breaks, a detokenizer error) fails alone."""
+    def accept(self, seq: Sequence, token_id: int | None) -> None:
+        """Record a new token, send its text, and decide whether the sequence is finished. A
+        failure here (a processor or the detokenizer raising) fails this sequence alone."""
         if token_id is None:  # sampling already failed this sequence
             return
         try:
-            self.accept(seq, token_id)
+            self.record(seq, token_id)
         except Exception as error:  # noqa: BLE001 -- only this sequence fails
             log.exception("accepting a token failed")
             seq.fail(error)
 
-    def accept(self, seq: Sequence, token_id: int) -> None:
-        """Record a new token, send its text, and decide whether the sequence is finished."""
+    def record(self, seq: Sequence, token_id: int) -> None:
         seq.generated += 1
         seq.last_token = token_id
         seq.last_token_at = time.perf_counter()
@@ -513,10 +379,9 @@ class Engine:
         if token_id in self.eos_ids:
             seq.finish_reason = "stop"
             return
-        if seq.matcher is not None:
-            seq.matcher.consume_token(token_id)
-            if seq.matcher.is_stopped():  # the grammar is complete: nothing more may follow
-                seq.finish_reason = "stop"
+        finished = [processor.accept(token_id) for processor in seq.processors]  # each is told
+        if any(finished):
+            seq.finish_reason = "stop"  # e.g. the grammar is complete: nothing more may follow
         if text := seq.detokenizer.add(token_id):
             seq.emit(text)
         if seq.detokenizer.stopped:
@@ -533,30 +398,21 @@ class Engine:
             self.cache, self.mask = cache, mask
             return
         width = max(self.mask.shape[1], mask.shape[1])
-        for batch_layer, new_layer in zip(self.cache.layers, cache.layers):
-            batch_layer.keys = torch.cat(
-                [left_pad(batch_layer.keys, width), left_pad(new_layer.keys, width)]
-            )
-            batch_layer.values = torch.cat(
-                [left_pad(batch_layer.values, width), left_pad(new_layer.values, width)]
-            )
-        self.mask = torch.cat(
-            [
-                F.pad(self.mask, (width - self.mask.shape[1], 0)),
-                F.pad(mask, (width - mask.shape[1], 0)),
-            ]
-        )
+        for rows, new in zip(self.cache.layers, cache.layers):
+            rows.keys = torch.cat([left_pad(rows.keys, width), left_pad(new.keys, width)])
+            rows.values = torch.cat([left_pad(rows.values, width), left_pad(new.values, width)])
+        self.mask = torch.cat([left_pad_mask(self.mask, width), left_pad_mask(mask, width)])
 
     def leave(self, rows: list[int]) -> None:
         """Drop finished rows from the batch, and the padding columns no remaining row needs."""
-        if not rows:
-            return
         for row in rows:
             seq = self.running[row]
             if not (seq.cancelled or seq.failed):
                 if tail := seq.detokenizer.flush():
                     seq.emit(tail)
                 seq.emit(None)
+        if not rows:
+            return
         keep = [r for r in range(len(self.running)) if r not in rows]
         self.running = [self.running[r] for r in keep]
         RUNNING.set(len(self.running))
@@ -565,12 +421,11 @@ class Engine:
             return
         index = torch.tensor(keep)
         self.mask = self.mask[index]
-        first = int(
-            self.mask.any(dim=0).int().argmax()
-        )  # leading columns that are padding in every row
-        self.mask = self.mask[:, first:]
+        padding_everywhere = int(self.mask.any(dim=0).int().argmax())  # leading all-pad columns
+        self.mask = self.mask[:, padding_everywhere:]
         for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[index, :, first:], layer.values[index, :, first:]
+            layer.keys = layer.keys[index, :, padding_everywhere:]
+            layer.values = layer.values[index, :, padding_everywhere:]
 
     def end_all(self, error: BaseException, waiting_too: bool = True) -> None:
         """Fail every running sequence (and, unless told otherwise, every waiting one) with
@@ -594,22 +449,33 @@ def left_pad(kv: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(kv, (0, 0, width - kv.shape[2], 0))
 
 
+def left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(mask, (width - mask.shape[1], 0))
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "Server is shutting down; retry elsewhere.", code="shutting_down")
+
+
+# --8<-- [end:engine]
+
+
+# --8<-- [start:sampling]
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int | None]:
     """One token per row: greedy rows take the argmax, the others draw from temperature-scaled
-    probabilities (within top_k and the top_p nucleus) with their own generator, seeded from the
-    request's seed or, without one, from the OS's entropy: torch's global generator is never
-    touched. NaN and infinite logits are never drawn; a row that cannot yield a token (no finite
-    logit left, a grammar that fails) fails its own sequence and gets None."""
+    probabilities. NaN and infinite logits are never drawn; a row that cannot yield a token (a
+    processor raising, no finite logit left) fails its own sequence and gets None."""
     logits = logits.float()
     for row, seq in enumerate(seqs):
-        guarded(seq, constrain, logits[row], seq)
+        for processor in seq.processors:
+            guarded(seq, processor, logits[row])
     logits = torch.where(logits.isfinite(), logits, float("-inf"))
     usable = logits.isfinite().any(dim=-1).tolist()
     tokens: list[int | None] = logits.argmax(dim=-1).tolist()
     for row, seq in enumerate(seqs):
-        if seq.failed or not usable[row]:
-            if not seq.failed:
-                seq.fail(ValueError("the model produced no finite logit for the next token"))
+        if not (usable[row] or seq.failed):
+            seq.fail(ValueError("the model produced no finite logit for the next token"))
+        if seq.failed:
             tokens[row] = None
     hot = [row for row, seq in enumerate(seqs) if tokens[row] is not None and not seq.params.greedy]
     if hot:
@@ -631,20 +497,11 @@ def guarded(seq: Sequence, work: Callable, *args):
         return None
 
 
-def constrain(row_logits: torch.Tensor, seq: Sequence) -> None:
-    """Structured output: forbid, in place, every token the row's grammar does not allow next
-    (llguidance computes the allowed set as a bitmask, one bit per vocabulary entry)."""
-    if seq.matcher is not None:
-        bits = np.frombuffer(seq.matcher.compute_bitmask(), dtype=np.uint8)
-        allowed = np.unpackbits(bits, bitorder="little")[: row_logits.shape[-1]].astype(bool)
-        row_logits[torch.from_numpy(~allowed)] = float("-inf")
-
-
 def draw(probs: torch.Tensor, seq: Sequence) -> int:
-    """Sample from the smallest set of most likely tokens whose mass reaches top_p, among the
-    top_k most likely. The set is looked for among the 256 most likely first: sorting the whole
-    vocabulary at every token is the expensive part, and the exact answer needs it only when
-    those 256 fall short of top_p."""
+    """Sample among the top_k most likely tokens, from the smallest set whose mass reaches top_p,
+    with the sequence's own generator (seeded from its seed, or from the OS's entropy: torch's
+    global generator is never touched). The set is looked for among the 256 most likely first:
+    sorting the whole vocabulary at every token is the expensive part."""
     if seq.generator is None:
         seq.generator = torch.Generator()
         if seq.params.seed is None:
@@ -664,11 +521,246 @@ def draw(probs: torch.Tensor, seq: Sequence) -> int:
     return int(index[keep][torch.multinomial(top[keep], 1, generator=seq.generator)])
 
 
-def shutting_down() -> ApiError:
-    return ApiError(503, "Server is shutting down; retry elsewhere.", code="shutting_down")
+# --8<-- [end:sampling]
 
 
-# --8<-- [end:engine]
+# --8<-- [start:detokenizer]
+class Detokenizer:
+    """Token ids to text, one token at a time, without re-decoding the whole answer.
+
+    It decodes a short window (the last few tokens plus one of context, since some tokenizers
+    drop a leading space at the start of a decode), holds back an incomplete UTF-8 character, and
+    holds back a tail that could be the start of a stop string. `add` returns the text that is
+    final; `stopped` turns True at the first stop string, whose text is never sent.
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...]):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.prefix_offset = self.read_offset = 0
+        self.pending = ""  # decoded, not yet sent: a possible stop string's beginning
+        self.stopped = False
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.decode(self.ids[self.prefix_offset : self.read_offset])
+        after = self.decode(self.ids[self.prefix_offset :])
+        if after.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return ""
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        self.pending += after[len(before) :]
+        return self.release()
+
+    def release(self) -> str:
+        """Cut at a complete stop string; otherwise send all but a possible stop-string start."""
+        found = [i for i in (self.pending.find(stop) for stop in self.stops) if i >= 0]
+        if found:
+            self.stopped = True
+            text, self.pending = self.pending[: min(found)], ""
+            return text
+        keep = max((self.held_back(stop) for stop in self.stops), default=0)
+        cut = len(self.pending) - keep
+        text, self.pending = self.pending[:cut], self.pending[cut:]
+        return text
+
+    def held_back(self, stop: str) -> int:
+        """How many trailing characters could be the start of `stop`."""
+        return next((k for k in range(len(stop) - 1, 0, -1) if self.pending.endswith(stop[:k])), 0)
+
+    def flush(self) -> str:
+        """At the end of generation, what was held back is final."""
+        text, self.pending = self.pending, ""
+        return text
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+# --8<-- [end:detokenizer]
+
+
+# --8<-- [start:generate]
+@dataclass
+class Generation:
+    """One request in the engine: iterate it for the answer's text; then read finish_reason
+    and usage."""
+
+    seq: Sequence
+    pieces: AsyncIterator[str]
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self.pieces
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.seq.finish_reason
+
+    def usage(self) -> dict:
+        prompt, completion = len(self.seq.prompt_ids), self.seq.generated
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    async def text(self) -> str:
+        return "".join([piece async for piece in self.pieces])
+
+
+class AsyncEngine:
+    """The engine as the event loop sees it: tokenize in the one tokenizer thread, check a
+    request's budget, and generate."""
+
+    def __init__(self, engine: Engine, encoder, decoder, settings: "Settings"):
+        self.engine, self.encoder, self.decoder, self.settings = engine, encoder, decoder, settings
+        self.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+
+    async def encode(self, work: Callable[[Any], Any]) -> Any:
+        """`work(tokenizer)` in the tokenizer thread: chat templates and 1 MB prompts never stall
+        the event loop, and the encoding tokenizer is never used from two threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.tokenizer_thread, work, self.encoder)
+
+    def sampling_params(
+        self, prompt_length: int, max_tokens: int | None, tokens_name: str, **settings
+    ) -> SamplingParams:
+        """Check the prompt and the output budget against the context window (400s name the
+        field); without max_tokens, the answer may fill the window."""
+        window = self.settings.max_context
+        room = window - prompt_length
+        if room < 1:
+            raise ApiError(
+                400,
+                f"The prompt has {prompt_length} tokens; the context window is {window}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if max_tokens is not None and max_tokens > room:
+            raise ApiError(
+                400,
+                f"'{tokens_name}' is {max_tokens}, but the prompt has {prompt_length} tokens "
+                f"and the context window is {window}: at most {room} can be generated.",
+                param=tokens_name,
+                code="context_length_exceeded",
+            )
+        return SamplingParams(max_tokens=max_tokens or room, **settings)
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        answer_log: AnswerLog | None = None,
+        processors: tuple[LogitsProcessor, ...] = (),
+        shared_prefix: int = 0,
+    ) -> Generation:
+        """Queue a request (a full queue is a 503 now, before any response has begun) and return
+        its Generation, to iterate for text within the request timeout."""
+        loop = asyncio.get_running_loop()
+        seq = Sequence(
+            prompt_ids,
+            params,
+            loop,
+            detokenizer=Detokenizer(self.decoder, params.stop),
+            processors=processors,
+            shared_prefix=shared_prefix,
+        )
+        self.engine.submit(seq)
+        PROMPT_TOKENS.inc(len(prompt_ids))
+        deadline = loop.time() + self.settings.request_timeout
+        return Generation(seq, self.pieces(seq, deadline, answer_log, arrived=time.perf_counter()))
+
+    async def pieces(
+        self, seq: Sequence, deadline: float, answer_log: AnswerLog | None, arrived: float
+    ) -> AsyncIterator[str]:
+        """The text of `seq` as it is generated, and its row in the request log, exactly one
+        whatever ends it: committed before this ends normally (so the finish_reason a caller
+        sends next is already logged); else sent with the text so far and the status: 504 past
+        the deadline, the engine's (500, or 503 when a drain ran out), 499 if the client left."""
+        text, status = "", 499  # ended from outside: the client hung up
+        try:
+            async for piece in events(seq, deadline):
+                text += piece
+                yield piece
+            observe(seq, arrived)
+            if answer_log:
+                await answer_log.commit(text, 200)
+        except TimeoutError:
+            status = 504
+            raise ApiError(
+                504, "Request timed out before the answer was complete.", code="timeout"
+            ) from None
+        except ApiError as error:
+            status = error.status
+            raise
+        finally:
+            seq.cancelled = True  # whatever ended it, the engine stops working on it
+            if answer_log:
+                answer_log.send(text, status)
+
+
+async def events(seq: Sequence, deadline: float) -> AsyncIterator[str]:
+    """The sequence's text pieces; TimeoutError past the deadline, the ApiError if it failed."""
+    while True:
+        async with asyncio.timeout_at(deadline):
+            event = await seq.events.get()
+        if event is None:
+            return
+        if isinstance(event, Exception):
+            raise event
+        yield event
+
+
+def observe(seq: Sequence, arrived: float) -> None:
+    if seq.first_token_at:
+        TTFT.observe(seq.first_token_at - arrived)
+    if seq.generated > 1:
+        TPOT.observe((seq.last_token_at - seq.first_token_at) / (seq.generated - 1))
+
+
+# --8<-- [end:generate]
+
+
+# --8<-- [start:routes]
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    state = request.app.state
+    messages = [message.model_dump(exclude_none=True) for message in body.messages]
+    answer_log = AnswerLog(
+        request.app, f"chatcmpl-{uuid.uuid4().hex}", "/v1/chat/completions", messages, body.user
+    )
+    check_model(body.model)
+    reject_not_implemented(body)
+    state.health.require_ready()
+    llm: AsyncEngine = state.llm
+    prompt_ids, shared = await llm.encode(lambda tokenizer: chat_prompt(tokenizer, messages))
+    tokens_name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    params = llm.sampling_params(
+        len(prompt_ids),
+        body.max_completion_tokens or body.max_tokens,
+        tokens_name,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        seed=body.seed,
+        stop=tuple(body.stop),
+    )
+    grammar = await grammar_mask(
+        llm.tokenizer_thread, state.grammar_tokenizer, body.response_format
+    )
+    generation = llm.generate(prompt_ids, params, answer_log, grammar, shared)
+    reply = ChatReply(answer_log.request_id, int(time.time()), generation)
+    headers = {"X-Request-Id": reply.id}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        stream = reply.events(include_usage)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    finished, text = await unless_disconnected(request, generation.text())
+    if not finished:
+        return Response(status_code=499)  # the client is gone; nobody reads this
+    return JSONResponse(reply.completion(text), headers=headers)
 
 
 def check_model(name: str) -> None:
@@ -694,251 +786,13 @@ def reject_not_implemented(body: ChatRequest) -> None:
             )
 
 
-def sampling_params(
-    prompt_length: int, max_context: int, max_tokens: int | None, tokens_name: str, **settings
-) -> SamplingParams:
-    """Check the prompt and the output budget against the context window (400s name the field)."""
-    room = max_context - prompt_length
-    if room < 1:
-        raise ApiError(
-            400,
-            f"The prompt has {prompt_length} tokens; the context window is {max_context}.",
-            param="messages",
-            code="context_length_exceeded",
-        )
-    if max_tokens is not None and max_tokens > room:
-        raise ApiError(
-            400,
-            f"'{tokens_name}' is {max_tokens}, but the prompt has {prompt_length} tokens "
-            f"and the context window is {max_context}: at most {room} can be generated.",
-            param=tokens_name,
-            code="context_length_exceeded",
-        )
-    return SamplingParams(max_tokens=max_tokens or room, **settings)
-
-
 def chat_prompt(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
-    """The prompt's token ids, and how many of them are the system prompt: the part other
-    requests share, worth caching. 0 when there is no system message (or its tokens are not a
-    prefix of the whole prompt's, which some templates do)."""
+    """The prompt's token ids, through the model's own chat template, and how many of them are
+    a system prompt the prefix cache may share."""
     ids = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True
     )["input_ids"]
-    if messages[0]["role"] != "system" or len(messages) < 2:
-        return ids, 0
-    system = tokenizer.apply_chat_template(messages[:1], tokenize=True, return_dict=True)[
-        "input_ids"
-    ]
-    return ids, len(system) if ids[: len(system)] == system else 0
-
-
-async def encode(state, work: Callable[[Any], Any]) -> Any:
-    """Run `work(tokenizer)` in the one tokenizer thread: chat templates and 1 MB prompts never
-    stall the event loop, and the encoding tokenizer is never used from two threads."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(state.tokenizer_thread, work, state.encoder)
-
-
-# --8<-- [start:structured]
-def grammar_for(response_format: ResponseFormat | None) -> str | None:
-    """The llguidance grammar a response_format asks for; None for free text. Whitespace is fixed
-    (no free spaces or newlines between tokens), so a small model cannot pad its way to max_tokens."""
-    if response_format is None or response_format.type == "text":
-        return None
-    if response_format.type == "json_object":
-        schema = {"type": "object"}
-    elif response_format.json_schema is None:
-        raise ApiError(
-            400,
-            "'response_format.json_schema' is required when its type is 'json_schema'.",
-            param="response_format.json_schema",
-        )
-    else:
-        schema = response_format.json_schema.json_schema
-    return llguidance.LLMatcher.grammar_from_json_schema(
-        schema, defaults={"whitespace_flexible": False}
-    )
-
-
-async def grammar_matcher(
-    state, response_format: ResponseFormat | None
-) -> llguidance.LLMatcher | None:
-    """Compile the request's grammar in the tokenizer thread (a large schema takes milliseconds);
-    a schema llguidance cannot compile is the client's error: 400, naming it."""
-    grammar = grammar_for(response_format)
-    if grammar is None:
-        return None
-
-    def compile_grammar() -> llguidance.LLMatcher:
-        if error := llguidance.LLMatcher.validate_grammar(grammar, state.grammar_tokenizer):
-            raise ApiError(
-                400,
-                f"Invalid 'response_format.json_schema.schema': {error}",
-                param="response_format.json_schema.schema",
-                code="invalid_schema",
-            )
-        return llguidance.LLMatcher(state.grammar_tokenizer, grammar)
-
-    return await asyncio.get_running_loop().run_in_executor(state.tokenizer_thread, compile_grammar)
-
-
-# --8<-- [end:structured]
-
-
-def start(state, prompt_ids: list[int], params: SamplingParams, matcher=None) -> Sequence:
-    seq = Sequence(prompt_ids, params, loop=asyncio.get_running_loop(), matcher=matcher)
-    state.engine.submit(seq)
-    PROMPT_TOKENS.inc(len(prompt_ids))
-    return seq
-
-
-async def text_pieces(seq: Sequence, deadline: float) -> AsyncIterator[str]:
-    """The sequence's text as it is generated; TimeoutError past the deadline, ApiError if the
-    engine failed it."""
-    while True:
-        async with asyncio.timeout_at(deadline):
-            event = await seq.events.get()
-        if event is None:
-            return
-        if isinstance(event, Exception):
-            raise event
-        yield event
-
-
-@dataclass
-class AnswerLog:
-    """The one request-log row of a request, written once: committed (awaited) for an answer
-    that is complete, sent without waiting for one that ended early (its client may be gone)."""
-
-    app: FastAPI
-    request_id: str
-    route: str
-    prompt: Any  # anything JSON can hold: the messages, or a raw prompt
-    user: str | None
-    arrived: float = field(default_factory=time.time)  # create it when the request arrives
-    written: bool = False
-
-    def row(self, text: str, status: int) -> Row:
-        settings = self.app.state.settings
-        latency_ms = (time.time() - self.arrived) * 1000
-        prompt, output = json.dumps(self.prompt), json.dumps(text)
-        return Row(
-            self.request_id, self.arrived, self.route, MODEL_ID, settings.model_version,
-            self.user, prompt, output, latency_ms, status,
-        )  # fmt: skip
-
-    async def commit(self, text: str, status: int) -> None:
-        self.written = True
-        await log_answer(self.app, self.row(text, status))
-
-    def send(self, text: str, status: int) -> None:
-        if not self.written:
-            self.written = True
-            log_answer_later(self.app, self.row(text, status))
-
-
-async def answer_pieces(
-    seq: Sequence, deadline: float, answer_log: AnswerLog | None = None
-) -> AsyncIterator[str]:
-    """The text of `seq` as it is generated, and its row in the request log, exactly one whatever
-    ends it: committed before this ends normally (so the finish_reason the caller sends next is
-    already logged); otherwise sent with the text so far and the status: 504 past the deadline,
-    the engine's (500, or 503 when the drain ran out) if it failed, 499 if the client hung up."""
-    text, status = "", 499  # ended from outside: the client hung up
-    try:
-        async for piece in text_pieces(seq, deadline):
-            text += piece
-            yield piece
-        if answer_log:
-            await answer_log.commit(text, 200)
-    except TimeoutError:
-        status = 504
-        raise ApiError(
-            504, "Request timed out before the answer was complete.", code="timeout"
-        ) from None
-    except ApiError as error:
-        status = error.status
-        raise
-    finally:
-        seq.cancelled = True  # whatever ended it, the engine stops working on it
-        if answer_log:
-            answer_log.send(text, status)
-
-
-async def whole_text(seq: Sequence, deadline: float, answer_log: AnswerLog | None = None) -> str:
-    return "".join([piece async for piece in answer_pieces(seq, deadline, answer_log)])
-
-
-def observe(seq: Sequence, arrived: float) -> None:
-    if seq.first_token_at:
-        TTFT.observe(seq.first_token_at - arrived)
-    if seq.generated > 1:
-        TPOT.observe((seq.last_token_at - seq.first_token_at) / (seq.generated - 1))
-
-
-router = APIRouter()
-
-
-@router.get("/health")
-def health(request: Request):
-    return request.app.state.health.response(MODEL_ID)
-
-
-@router.get("/metrics")
-def metrics():
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/v1/models")
-def models():
-    return {
-        "object": "list",
-        "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "local"}],
-    }
-
-
-# --8<-- [start:route]
-@router.post("/v1/chat/completions")
-async def chat_completions(body: ChatRequest, request: Request):
-    arrived, state = time.perf_counter(), request.app.state
-    messages = [message.model_dump(exclude_none=True) for message in body.messages]
-    answer_log = AnswerLog(
-        request.app, f"chatcmpl-{uuid.uuid4().hex}", "/v1/chat/completions", messages, body.user
-    )
-    check_model(body.model)
-    reject_not_implemented(body)
-    state.health.require_ready()
-    prompt_ids, shared_prefix = await encode(
-        state, lambda tokenizer: chat_prompt(tokenizer, messages)
-    )
-    tokens_name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    params = sampling_params(
-        len(prompt_ids),
-        state.settings.max_context,
-        body.max_completion_tokens or body.max_tokens,
-        tokens_name,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        seed=body.seed,
-        stop=tuple(body.stop),
-    )
-    seq = start(state, prompt_ids, params, await grammar_matcher(state, body.response_format))
-    seq.shared_prefix = shared_prefix
-    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
-    reply = ChatReply(answer_log.request_id, int(time.time()), seq)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            reply.events(answer_pieces(seq, deadline, answer_log), include_usage, arrived),
-            media_type="text/event-stream",
-            headers={"X-Request-Id": reply.id},
-        )
-    finished, text = await unless_disconnected(request, whole_text(seq, deadline, answer_log))
-    if not finished:
-        return Response(status_code=499)  # the client is gone; nobody reads this
-    observe(seq, arrived)
-    return JSONResponse(reply.completion(text), headers={"X-Request-Id": reply.id})
+    return ids, system_prompt_length(tokenizer, messages, ids)
 
 
 @dataclass
@@ -947,30 +801,18 @@ class ChatReply:
 
     id: str
     created: int
-    seq: Sequence
-
-    def usage(self) -> dict:
-        prompt, completion = len(self.seq.prompt_ids), self.seq.generated
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
+    generation: Generation
 
     def completion(self, text: str) -> dict:
+        message = {"role": "assistant", "content": text}
+        choice = {"index": 0, "message": message, "finish_reason": self.generation.finish_reason}
         return {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": MODEL_ID,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": self.seq.finish_reason,
-                }
-            ],
-            "usage": self.usage(),
+            "choices": [choice],
+            "usage": self.generation.usage(),
         }
 
     def chunk(self, choices: list, **extra) -> str:
@@ -984,70 +826,52 @@ class ChatReply:
         }
         return f"data: {json.dumps(body)}\n\n"
 
-    async def events(
-        self, pieces: AsyncIterator[str], include_usage: bool, arrived: float
-    ) -> AsyncIterator[str]:
-        """Server-sent events. `pieces` has logged the answer before the finish_reason chunk
-        leaves (the openai SDK stops reading there). A failure after the stream has begun is
-        sent as an error event, then [DONE] (the status line already said 200): never a cut."""
+    async def events(self, include_usage: bool) -> AsyncIterator[str]:
+        """Server-sent events. The answer is logged before the finish_reason chunk leaves (the
+        openai SDK stops reading there). A failure after the stream has begun is sent as an
+        error event, then [DONE] (the status line already said 200): never a silent cut."""
         try:
-            yield self.chunk(
-                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-            )
-            async with contextlib.aclosing(pieces):  # a hang-up closes it now: its row is sent
+            start = {"role": "assistant", "content": ""}
+            yield self.chunk([{"index": 0, "delta": start, "finish_reason": None}])
+            async with contextlib.aclosing(self.generation.pieces) as pieces:  # a hang-up: its row
                 async for piece in pieces:
-                    delta = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
-                    yield self.chunk([delta])
-            yield self.chunk([{"index": 0, "delta": {}, "finish_reason": self.seq.finish_reason}])
+                    delta = {"content": piece}
+                    yield self.chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+            end = {"index": 0, "delta": {}, "finish_reason": self.generation.finish_reason}
+            yield self.chunk([end])
             if include_usage:
-                yield self.chunk([], usage=self.usage())
-            observe(self.seq, arrived)
+                yield self.chunk([], usage=self.generation.usage())
         except ApiError as error:
             yield error_event(error.status, error.message, error.code)
         yield "data: [DONE]\n\n"
 
 
 def error_event(status: int, message: str, code: str | None) -> str:
-    error = {
-        "message": message,
-        "type": "server_error" if status >= 500 else "invalid_request_error",
-        "param": None,
-        "code": code,
-    }
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    error = {"message": message, "type": kind, "param": None, "code": code}
     return f"data: {json.dumps({'error': error})}\n\n"
 
 
-# --8<-- [end:route]
+@router.get("/v1/models")
+def models():
+    model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "local"}
+    return {"object": "list", "data": [model]}
 
 
-@router.post("/generate")
-async def tgi_generate(body: GenerateRequest, request: Request):
-    """Text Generation Inference's native route: raw prompt in, {"generated_text"} out."""
-    arrived, state = time.perf_counter(), request.app.state
-    answer_log = AnswerLog(request.app, f"gen-{uuid.uuid4().hex}", "/generate", body.inputs, None)
-    state.health.require_ready()
-    prompt_ids = await encode(state, lambda tokenizer: tokenizer(body.inputs)["input_ids"])
-    settings = body.parameters
-    params = sampling_params(
-        len(prompt_ids),
-        state.settings.max_context,
-        settings.max_new_tokens,
-        "max_new_tokens",
-        temperature=settings.temperature if settings.do_sample else 0,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        seed=settings.seed,
-        stop=tuple(settings.stop),
-    )
-    seq = start(state, prompt_ids, params)
-    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
-    finished, text = await unless_disconnected(request, whole_text(seq, deadline, answer_log))
-    if not finished:
-        return Response(status_code=499)
-    observe(seq, arrived)
-    return JSONResponse({"generated_text": text}, headers={"X-Request-Id": answer_log.request_id})
+@router.get("/health")
+def health(request: Request):
+    return request.app.state.health.response(MODEL_ID)
 
 
+@router.get("/metrics")
+def metrics():
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# --8<-- [end:routes]
+
+
+# --8<-- [start:serving]
 ROUTES = ("/v1/chat/completions", "/generate", "/v1/models", "/v1/feedback", "/health", "/metrics")
 METRICS = {"requests": REQUESTS, "route_of": lambda path: path if path in ROUTES else "other"}
 
@@ -1084,42 +908,38 @@ def resolve_model(path: Path) -> tuple[Path, str | None]:
     return Path(spec.origin).parent, GGUF_FILE
 
 
-def load(settings: Settings) -> tuple[Any, Any, Any, Any]:
-    """The model; two tokenizer instances, one that encodes (tokenizer thread) and one that decodes
-    (engine); and llguidance's view of the vocabulary, for structured output."""
+def load(settings: Settings) -> tuple[Any, Any, Any]:
+    """The model, and two tokenizer instances: one encodes (tokenizer thread), one decodes
+    (engine thread)."""
     torch.set_num_threads(settings.threads)
     hf_logging.disable_progress_bar()  # no progress bars in a server's log
     folder, gguf_file = resolve_model(settings.model)
     encoder = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     decoder = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=gguf_file, dtype=getattr(torch, settings.dtype)
-    )
-    grammar_tokenizer = llguidance.hf.from_tokenizer(encoder, n_vocab=model.config.vocab_size)
-    return model.eval(), encoder, decoder, grammar_tokenizer
+    dtype = getattr(torch, settings.dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)
+    return model.eval(), encoder, decoder
 
 
 async def load_and_start(app: FastAPI) -> None:
     """Load off the event loop, then start the engine thread; a failure turns /health to 503."""
     state, settings = app.state, app.state.settings
     try:
-        model, state.encoder, decoder, state.grammar_tokenizer = await asyncio.to_thread(
-            load, settings
-        )
+        model, encoder, decoder = await asyncio.to_thread(load, settings)
+        state.grammar_tokenizer = grammar_tokenizer(encoder, model.config.vocab_size)
     except Exception as error:  # noqa: BLE001 -- reported by /health and logged with its traceback
         state.health.fail("loading the model failed", error)
         return
     eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos])
     state.engine = Engine(
         model,
-        decoder,
-        eos_ids,
-        settings.max_running,
-        settings.max_waiting,
+        eos_ids=set(eos if isinstance(eos, list) else [eos]),
+        max_running=settings.max_running,
+        max_waiting=settings.max_waiting,
         on_fatal=lambda error: state.health.fail("the engine stopped", error),
-        prefix_cache_size=settings.prefix_cache,
+        prefill=PrefixCache(settings.prefix_cache, PREFIX_HITS, PREFIX_TOKENS).prefill,
     )
+    state.llm = AsyncEngine(state.engine, encoder, decoder, settings)
     threading.Thread(target=state.engine.run_forever, name="engine", daemon=True).start()
     state.health.phase = "ready"
 
@@ -1133,16 +953,16 @@ async def lifespan(app: FastAPI):
         await loader
     if hasattr(app.state, "engine"):
         app.state.engine.stopped.set()
-    app.state.tokenizer_thread.shutdown(wait=False)
+        app.state.llm.tokenizer_thread.shutdown(wait=False)
     close_request_log(app)
 
 
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Chat server with continuous batching", lifespan=lifespan)
-    app.state.settings, app.state.health = settings, Health()
-    app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+    app.state.settings, app.state.health, app.state.model_id = settings, Health(), MODEL_ID
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(tgi_router)
     open_request_log(app, settings.log_db, settings.log_sync)
     add_middleware(
         app, METRICS, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins
@@ -1150,41 +970,42 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def main() -> None:
+def end_streams(app: FastAPI) -> None:
+    """The drain ran out: every stream still running gets an error event (shutting_down), then
+    [DONE], and its row; none is cut without a word."""
+    if hasattr(app.state, "engine"):
+        app.state.engine.closing.set()
+
+
+# --8<-- [end:serving]
+
+
+def parse_arguments() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         description="OpenAI-compatible chat server with continuous batching"
     )
     add_server_arguments(parser)
-    parser.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help="model folder or .gguf file"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("--model", type=Path, default=DEFAULT_MODEL, help="model folder or .gguf file")
+    add(
         "--dtype",
         choices=["bfloat16", "float32"],
         default="bfloat16",
         help="bfloat16 halves memory; float32 makes batched greedy output exact",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--max-running", type=int, default=16, help="sequences decoded together")
-    parser.add_argument("--max-waiting", type=int, default=64, help="queued requests before 503")
-    parser.add_argument(
-        "--max-context", type=int, default=2048, help="prompt + output tokens per request"
-    )
-    parser.add_argument(
-        "--request-timeout", type=float, default=600, help="seconds before a request fails (504)"
-    )
-    parser.add_argument(
+    add("--threads", type=int, default=2, help="torch intra-op threads")
+    add("--max-running", type=int, default=16, help="sequences decoded together")
+    add("--max-waiting", type=int, default=64, help="queued requests before 503")
+    add("--max-context", type=int, default=2048, help="prompt + output tokens per request")
+    add("--request-timeout", type=float, default=600, help="seconds before a request fails (504)")
+    add(
         "--drain-seconds",
         type=float,
         default=30,
         help="how long SIGTERM lets requests finish; then each ends with an error event",
     )
-    parser.add_argument(
-        "--model-version", help="the version the request log records (default: folder and dtype)"
-    )
-    parser.add_argument(
-        "--prefix-cache", type=int, default=8, help="system prompts whose KV cache is kept (0: off)"
-    )
+    add("--model-version", help="the version the request log records (default: folder and dtype)")
+    add("--prefix-cache", type=int, default=8, help="system prompts whose KV is kept (0: off)")
     args = parser.parse_args()
     api_keys = check_server_arguments(parser, args)
     if (
@@ -1198,21 +1019,26 @@ def main() -> None:
         )
     if args.model != DEFAULT_MODEL and not args.model.exists():
         parser.error(f"--model: no such file or folder: {args.model}")
+    return args, api_keys
+
+
+def main() -> None:
+    args, api_keys = parse_arguments()
     settings = Settings(
-        args.model,
-        args.dtype,
-        args.threads,
-        args.max_running,
-        args.max_waiting,
-        args.max_context,
-        args.request_timeout,
-        api_keys,
-        args.rate_limit,
-        args.cors_origin,
-        args.log_db,
-        args.log_sync,
-        args.model_version or f"{args.model.name}-{args.dtype}",
-        args.prefix_cache,
+        model=args.model,
+        dtype=args.dtype,
+        threads=args.threads,
+        max_running=args.max_running,
+        max_waiting=args.max_waiting,
+        max_context=args.max_context,
+        request_timeout=args.request_timeout,
+        api_keys=api_keys,
+        rate_limit=args.rate_limit,
+        cors_origins=args.cors_origin,
+        log_db=args.log_db,
+        log_sync=args.log_sync,
+        model_version=args.model_version or f"{args.model.name}-{args.dtype}",
+        prefix_cache=args.prefix_cache,
     )
     configure_logging()
     # The engine thread holds the GIL between torch ops; a short switch interval lets the event loop
@@ -1225,19 +1051,11 @@ def main() -> None:
         port=args.port,
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=args.drain_seconds + 10,  # after the error events below
+        timeout_graceful_shutdown=args.drain_seconds + 10,  # after the error events
         forwarded_allow_ips=args.forwarded_allow_ips,
     )
-    DrainingServer(
-        config, app.state.health, args.drain_seconds, on_drain_timeout=lambda: end_streams(app)
-    ).run()
-
-
-def end_streams(app: FastAPI) -> None:
-    """The drain ran out: every stream still running gets an error event (shutting_down), then
-    [DONE], and its row; none is cut without a word."""
-    if hasattr(app.state, "engine"):
-        app.state.engine.closing.set()
+    drain = args.drain_seconds
+    DrainingServer(config, app.state.health, drain, on_drain_timeout=lambda: end_streams(app)).run()
 
 
 if __name__ == "__main__":

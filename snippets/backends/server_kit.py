@@ -12,7 +12,8 @@ files together. Nothing here knows about models:
 - `Health`: the phase a readiness probe sees (loading, ready, draining, failed with a reason);
 - `unless_disconnected`: await work, or cancel it when the client hangs up;
 - `DrainingServer`: on SIGTERM, report draining, stop accepting, finish what was accepted;
-- `open_request_log`, `log_answer` and POST /v1/feedback: the request log of request_log.py.
+- `open_request_log`, `log_answer`, `AnswerLog` and POST /v1/feedback: the request log of
+  request_log.py.
 """
 
 import argparse
@@ -29,8 +30,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
@@ -455,6 +457,39 @@ def log_answer_later(app: FastAPI, row: Row) -> None:
     if app.state.request_log is not None:
         with contextlib.suppress(WriterStopped):  # /health already says failed
             app.state.request_log.record_later(row)
+
+
+@dataclass
+class AnswerLog:
+    """The one request-log row of a generated answer, written once: committed (awaited) for an
+    answer that is complete, sent without waiting for one that ended early (its client may be
+    gone). Create it when the request arrives: its latency counts from then."""
+
+    app: FastAPI
+    request_id: str
+    route: str
+    prompt: Any  # anything JSON can hold: the messages, or a raw prompt
+    user: str | None
+    arrived: float = field(default_factory=time.time)
+    written: bool = False
+
+    def row(self, text: str, status: int) -> Row:
+        state = self.app.state
+        latency_ms = (time.time() - self.arrived) * 1000
+        prompt, output = json.dumps(self.prompt), json.dumps(text)
+        return Row(
+            self.request_id, self.arrived, self.route, state.model_id,
+            state.settings.model_version, self.user, prompt, output, latency_ms, status,
+        )  # fmt: skip
+
+    async def commit(self, text: str, status: int) -> None:
+        self.written = True
+        await log_answer(self.app, self.row(text, status))
+
+    def send(self, text: str, status: int) -> None:
+        if not self.written:
+            self.written = True
+            log_answer_later(self.app, self.row(text, status))
 
 
 class Health:

@@ -172,47 +172,37 @@ def test_a_row_without_a_finite_logit_fails_only_its_sequence(llm):
         loop.close()
 
 
-class BreaksOnConsume:
-    """A grammar matcher that allows every token and then fails to accept one."""
+class BreaksOnAccept:
+    """A logits processor that allows every token and then fails to accept one."""
 
-    def compute_bitmask(self):
-        return b"\xff" * 6400
+    def __call__(self, logits):
+        pass
 
-    def consume_token(self, token_id):
+    def accept(self, token_id):
         raise RuntimeError("injected failure while accepting a token")
-
-    def is_stopped(self):
-        return False
 
 
 def test_a_failure_while_accepting_a_token_fails_only_its_sequence(llm, smollm2, smollm2_dir):
     tokenizer, model = smollm2
     fatal: list[BaseException] = []
     engine = llm.Engine(
-        model,
-        AutoTokenizer.from_pretrained(smollm2_dir),
-        {tokenizer.eos_token_id},
-        max_running=8,
-        max_waiting=8,
-        on_fatal=fatal.append,
+        model, {tokenizer.eos_token_id}, max_running=8, max_waiting=8, on_fatal=fatal.append
     )
+    decoder = AutoTokenizer.from_pretrained(smollm2_dir)
+    async_engine = llm.AsyncEngine(engine, tokenizer, decoder, llm.Settings(request_timeout=120))
     threading.Thread(target=engine.run_forever, daemon=True).start()
     prompt = tokenizer.apply_chat_template(
         HI, add_generation_prompt=True, tokenize=True, return_dict=True
     )["input_ids"]
 
     async def scenario():
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 120
         params = llm.SamplingParams(max_tokens=12, temperature=0)
-        good = llm.Sequence(list(prompt), params, loop=loop)
-        bad = llm.Sequence(list(prompt), params, loop=loop, matcher=BreaksOnConsume())
-        engine.submit(good)
-        engine.submit(bad)
+        good = async_engine.generate(list(prompt), params)
+        bad = async_engine.generate(list(prompt), params, processors=(BreaksOnAccept(),))
         with pytest.raises(llm.ApiError, match="injected failure") as failed:
-            await llm.whole_text(bad, deadline)
+            await bad.text()
         assert failed.value.status == 500 and failed.value.code == "model_error"
-        return await llm.whole_text(good, deadline)
+        return await good.text()
 
     try:
         assert asyncio.run(scenario())

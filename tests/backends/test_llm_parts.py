@@ -1,9 +1,15 @@
-"""The LLM server's optional parts, each on its own: the prefix cache (an admission hook), the
-structured-output mask (a logits processor) and TGI's route (a router the server includes)."""
+"""The LLM server's parts, each on its own: its OpenAI protocol and its metrics, and the optional
+prefix cache (an admission hook), structured-output mask (a logits processor) and TGI's route (a
+router the server includes)."""
 
+import pytest
+import requests
 import torch
 from helpers import load_snippet
+from prometheus_client.parser import text_string_to_metric_families
 
+PROTOCOL = "backends/openai_protocol.py"
+METRICS = "backends/llm_metrics.py"
 PREFIX_PART = "backends/prefix_cache.py"
 STRUCTURED_PART = "backends/structured_output.py"
 TGI_PART = "backends/tgi_route.py"
@@ -84,3 +90,23 @@ def test_the_tgi_route_is_a_router_the_server_includes(smollm2_dir):
     app = server.create_app(server.Settings(model=smollm2_dir))
     assert "/generate" in app.openapi()["paths"]
     assert part.GenerateRequest.model_validate({"inputs": "Hi"}).parameters.max_new_tokens == 20
+
+
+def test_the_protocol_bounds_what_the_sampler_cannot_honour():
+    protocol = load_snippet(PROTOCOL)
+    body = {"model": protocol.MODEL_ID, "messages": [{"role": "user", "content": "Hi"}]}
+    for field, value in (("seed", 2**63), ("seed", -1), ("top_k", 0), ("top_p", 0)):
+        with pytest.raises(ValueError, match=field):
+            protocol.ChatRequest.model_validate({**body, field: value})
+    assert protocol.ChatRequest.model_validate({**body, "seed": 2**63 - 1}).seed == 2**63 - 1
+    with pytest.raises(protocol.ApiError, match="'tools' is not supported"):
+        protocol.reject_not_implemented(
+            protocol.ChatRequest.model_validate({**body, "tools": [{"type": "function"}]})
+        )
+
+
+def test_every_metric_the_part_declares_is_served(llm_server):
+    declared = {family.name for family in load_snippet(METRICS).registry.collect()}
+    page = requests.get(llm_server.url + "/metrics", timeout=10).text
+    served = {family.name for family in text_string_to_metric_families(page)}
+    assert declared and declared <= served

@@ -33,6 +33,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from transformers import AutoTokenizer
 
 SERVER = "backends/llm_server.py"
+DETOKENIZER = "backends/detokenizer.py"  # part 4 of the server, in its own file
 MODEL = "SmolLM2-135M-Instruct"
 
 
@@ -553,7 +554,7 @@ def test_a_cached_system_prompt_gives_the_same_answers(llm_server, smollm2):
 
 def test_detokenizer_matches_a_full_decode_reading_a_short_window(smollm2):
     tokenizer = smollm2[0]
-    server = load_snippet(SERVER)
+    server = load_snippet(DETOKENIZER)
     text = "Plain words, then naïve café, 東京, and an emoji 🚀 in a longer answer. " * 8
     ids = tokenizer.encode(text)
     windows: list[int] = []
@@ -573,7 +574,7 @@ def test_detokenizer_matches_a_full_decode_reading_a_short_window(smollm2):
 
 def test_detokenizer_cuts_at_a_stop_string_spanning_tokens(smollm2):
     tokenizer = smollm2[0]
-    server = load_snippet(SERVER)
+    server = load_snippet(DETOKENIZER)
     ids = tokenizer.encode("The answer is forty-two, not forty-one.")
     detokenizer = server.Detokenizer(tokenizer, stops=("y-tw",))
     sent = ""

@@ -1,0 +1,170 @@
+"""Part 1 of llm_server.py, as vLLM splits it: the OpenAI chat API's shapes. The request body,
+with the bounds every field must keep, and the two response shapes: the whole completion, and
+its stream of server-sent events.
+
+Unknown fields are refused (a misspelt option that silently does nothing is worse than a 400);
+fields the OpenAI API has but the server does not implement are accepted by the schema and
+refused by name.
+"""
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from server_kit import ApiError
+from structured_output import ResponseFormat  # an optional part: drop with this field
+
+MODEL_ID = "SmolLM2-135M-Instruct"
+MAX_STOP_STRINGS = 4
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+# --8<-- [start:request]
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["system", "user", "assistant"]
+    content: str
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+StopStrings = Annotated[
+    list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)
+]
+# Fields of the OpenAI API this server does not implement: accepted by the schema, refused by name
+# (ignoring one would silently change what the request means).
+NOT_IMPLEMENTED = [
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "parallel_tool_calls",
+]
+
+
+class ChatRequest(BaseModel):
+    """The body of POST /v1/chat/completions. Unknown fields are refused; fields the OpenAI API
+    has but this server does not implement are accepted by the schema and refused by name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: Annotated[str, Field(json_schema_extra={"enum": [MODEL_ID]})]  # another name: 404
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)  # vLLM's extension: sample among the k most likely
+    stop: StopStrings = []
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    n: Literal[1] = 1
+    response_format: ResponseFormat | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    parallel_tool_calls: Any = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def one_stop_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else [] if value is None else value
+
+
+def check_model(name: str) -> None:
+    if name != MODEL_ID:
+        unknown = f"The model '{name}' does not exist; this server has '{MODEL_ID}'."
+        raise ApiError(404, unknown, param="model", code="model_not_found")
+
+
+def reject_not_implemented(body: ChatRequest) -> None:
+    """A field the OpenAI API has and this server ignores would silently change the meaning of a
+    request: refuse it by name instead."""
+    for name in NOT_IMPLEMENTED:
+        if getattr(body, name) not in (None, False, [], {}):
+            unsupported = f"Unsupported parameter: '{name}' is not supported by this server."
+            raise ApiError(400, unsupported, param=name, code="unsupported_parameter")
+
+
+# --8<-- [end:request]
+
+
+# --8<-- [start:reply]
+@dataclass
+class ChatReply:
+    """The OpenAI response shapes for one request: the whole completion, or its SSE stream."""
+
+    id: str
+    model: str
+    created: int
+    generation: Any  # llm_server's Generation: its pieces, finish_reason and usage()
+
+    def completion(self, text: str) -> dict:
+        message = {"role": "assistant", "content": text}
+        choice = {"index": 0, "message": message, "finish_reason": self.generation.finish_reason}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": self.generation.usage(),
+        }
+
+    def chunk(self, choices: list, **extra) -> str:
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(body)}\n\n"
+
+    async def events(self, include_usage: bool) -> AsyncIterator[str]:
+        """Server-sent events. The answer is logged before the finish_reason chunk leaves (the
+        openai SDK stops reading there). A failure after the stream has begun is sent as an
+        error event, then [DONE] (the status line already said 200): never a silent cut."""
+        try:
+            start = {"role": "assistant", "content": ""}
+            yield self.chunk([{"index": 0, "delta": start, "finish_reason": None}])
+            async with contextlib.aclosing(self.generation.pieces) as pieces:  # a hang-up: its row
+                async for piece in pieces:
+                    delta = {"content": piece}
+                    yield self.chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+            end = {"index": 0, "delta": {}, "finish_reason": self.generation.finish_reason}
+            yield self.chunk([end])
+            if include_usage:
+                yield self.chunk([], usage=self.generation.usage())
+        except ApiError as error:
+            yield error_event(error.status, error.message, error.code)
+        yield "data: [DONE]\n\n"
+
+
+def error_event(status: int, message: str, code: str | None) -> str:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    error = {"message": message, "type": kind, "param": None, "code": code}
+    return f"data: {json.dumps({'error': error})}\n\n"
+
+
+# --8<-- [end:reply]

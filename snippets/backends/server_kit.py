@@ -560,11 +560,8 @@ class DrainingServer(uvicorn.Server):
         on_drain_timeout: Callable[[], None] | None = None,
     ):
         super().__init__(config)
-        self.health, self.drain_seconds, self.on_drain_timeout = (
-            health,
-            drain_seconds,
-            on_drain_timeout,
-        )
+        self.health = health
+        self.drain_seconds, self.on_drain_timeout = drain_seconds, on_drain_timeout
 
     def handle_exit(self, sig, frame):
         if self.health.phase == "ready":

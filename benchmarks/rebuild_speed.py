@@ -35,11 +35,14 @@ def old_backends(revision: str, into: Path) -> Path:
     ).stdout
     into.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", revision], cwd=REPO, capture_output=True, text=True
-    )
-    print(f"old servers from {commit.stdout.strip()}", file=sys.stderr)
+    print(f"old servers from {git('rev-parse', '--short', revision)}", file=sys.stderr)
     return into / BACKENDS
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def llm_tokens_per_s(folder: Path, workload: Path, requests: int) -> float:
@@ -87,7 +90,7 @@ def markdown_table(result: dict) -> str:
             f"| {statistics.median(new):g} ({min(new):g}-{max(new):g}) | {figure['ratio']:.3f} |"
         )
     note = (
-        f"\nOld: `{result['old_revision']}`; new: the tree. Medians of {result['repeats']} "
+        f"\nOld: `{result['old_commit'][:7]}`; new: `{result['new_commit'][:7]}`. Medians of {result['repeats']} "
         "alternating repeats (range in brackets), one run, "
         f"{result['cpu_cores']} cores ({result['processor']}), {result['date']}.\n"
     )
@@ -128,6 +131,9 @@ def main() -> None:
         )
     result = {
         "old_revision": args.old,
+        "old_commit": git("rev-parse", args.old),
+        "new_commit": git("rev-parse", "HEAD"),
+        "new_tree_changed_since_commit": git("status", "--porcelain", BACKENDS) != "",
         "repeats": repeats,
         "quick": args.quick,
         **machine(),

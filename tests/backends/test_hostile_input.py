@@ -407,7 +407,7 @@ def test_a_stream_longer_than_the_drain_ends_with_an_error_event_and_a_row(smoll
     assert status == 503 and json.loads(output)  # the partial answer is kept
 
 
-def test_tiny_failures_leave_an_embedding_server_ready(minilm_dir):
+def test_the_model_raising_mid_batch_fails_only_that_batch(minilm_dir):
     """The model raising mid-batch fails that batch's requests alone (500 model_error)."""
     server = load_snippet(EMBEDDINGS)
     app = server.create_app(server.Settings(max_wait_ms=50))

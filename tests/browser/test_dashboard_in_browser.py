@@ -70,7 +70,13 @@ def test_live_charts_feedback_and_conversations(page, llm_server, tmp_path):
             chat(llm_server.url, 20)
             page.wait_for_timeout(6000)
         charts = page.get_by_test_id("stVegaLiteChart")
-        assert charts.count() == 5 + 2  # five LLM charts, two feedback charts
+        # five LLM charts, two feedback charts; the page reruns every few seconds, and a count
+        # taken while a rerun redraws it can be short, so wait for the whole page
+        page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=stVegaLiteChart]').length === 7",
+            timeout=30_000,
+        )
+        assert charts.count() == 5 + 2
         for i in range(charts.count()):
             box = charts.nth(i).locator("canvas, svg").first.bounding_box()
             assert box["width"] > 200 and box["height"] > 100

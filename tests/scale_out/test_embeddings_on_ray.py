@@ -242,11 +242,14 @@ def test_past_the_rate_limit_is_429(ray_app):
     assert int(answer.headers["retry-after"]) >= 1 and sent > RATE_LIMIT
 
 
-def test_a_replica_tokenizes_in_one_thread_off_its_event_loop():
+def test_a_replica_tokenizes_in_one_thread_off_its_event_loop(monkeypatch):
     """Tokenizing a 1 MB body on the event loop would stall every request on the replica, and a
     fast tokenizer must not run in two threads at once: eight requests' texts are tokenized in one
     thread, never the loop's. The replica is built here, without Ray (@serve.ingress subclasses
     the class in the file; its first base is that class), with the real tokenizer."""
+    # benchmarks/embedding_server.py may already be imported under the same module name (the
+    # benchmark tests run in this process): the app must import the snippet's, as `serve run` does.
+    monkeypatch.delitem(sys.modules, "embedding_server", raising=False)
     replica = load_snippet(APP).Embedder.func_or_class.__bases__[0]()
     tokenizer, threads = replica.tokenizer, set()
 

@@ -421,25 +421,22 @@ def draw(probs: torch.Tensor, seq: Sequence) -> int:
 # --8<-- [start:generate]
 @dataclass
 class Generation:
-    """One request in the engine: iterate it for the answer's text; then read finish_reason
-    and usage."""
+    """One request in the engine: iterate `pieces` (or await `text()`) for the answer; then read
+    finish_reason and usage."""
 
     seq: Sequence
     pieces: AsyncIterator[str]
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self.pieces
 
     @property
     def finish_reason(self) -> str | None:
         return self.seq.finish_reason
 
     def usage(self) -> dict:
-        prompt, completion = len(self.seq.prompt_ids), self.seq.generated
+        prompt, answer = len(self.seq.prompt_ids), self.seq.generated
         return {
             "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
+            "completion_tokens": answer,
+            "total_tokens": prompt + answer,
         }
 
     async def text(self) -> str:
@@ -485,9 +482,11 @@ class AsyncEngine:
         answer_log: AnswerLog | None = None,
         processors: tuple[LogitsProcessor, ...] = (),
         shared_prefix: int = 0,
+        arrived: float | None = None,
     ) -> Generation:
         """Queue a request (a full queue is a 503 now, before any response has begun) and return
-        its Generation, to iterate for text within the request timeout."""
+        its Generation, to iterate for text within the request timeout. `arrived` (perf_counter
+        when the request came in) is where time to first token counts from."""
         loop = asyncio.get_running_loop()
         seq = Sequence(
             prompt_ids,
@@ -500,7 +499,8 @@ class AsyncEngine:
         self.engine.submit(seq)
         metrics.PROMPT_TOKENS.inc(len(prompt_ids))
         deadline = loop.time() + self.settings.request_timeout
-        return Generation(seq, self.pieces(seq, deadline, answer_log, arrived=time.perf_counter()))
+        pieces = self.pieces(seq, deadline, answer_log, arrived or time.perf_counter())
+        return Generation(seq, pieces)
 
     async def pieces(
         self, seq: Sequence, deadline: float, answer_log: AnswerLog | None, arrived: float
@@ -558,7 +558,7 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
-    state = request.app.state
+    arrived, state = time.perf_counter(), request.app.state
     messages = [message.model_dump(exclude_none=True) for message in body.messages]
     answer_log = AnswerLog(
         request.app, f"chatcmpl-{uuid.uuid4().hex}", "/v1/chat/completions", messages, body.user
@@ -582,7 +582,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     grammar = await grammar_mask(
         llm.tokenizer_thread, state.grammar_tokenizer, body.response_format
     )
-    generation = llm.generate(prompt_ids, params, answer_log, grammar, shared)
+    generation = llm.generate(prompt_ids, params, answer_log, grammar, shared, arrived)
     reply = ChatReply(answer_log.request_id, MODEL_ID, int(time.time()), generation)
     headers = {"X-Request-Id": reply.id}
     if body.stream:

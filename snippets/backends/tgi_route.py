@@ -5,6 +5,7 @@ includes. It reaches the engine only through `app.state.llm`, the server's Async
 To drop it: in llm_server.py, leave out `app.include_router(tgi_router)`.
 """
 
+import time
 import uuid
 from typing import Annotated, Literal
 
@@ -42,7 +43,7 @@ router = APIRouter()
 
 @router.post("/generate")
 async def tgi_generate(body: GenerateRequest, request: Request):
-    state = request.app.state
+    arrived, state = time.perf_counter(), request.app.state
     answer_log = AnswerLog(request.app, f"gen-{uuid.uuid4().hex}", "/generate", body.inputs, None)
     state.health.require_ready()
     llm = state.llm
@@ -58,7 +59,7 @@ async def tgi_generate(body: GenerateRequest, request: Request):
         seed=settings.seed,
         stop=tuple(settings.stop),
     )
-    generation = llm.generate(prompt_ids, params, answer_log)
+    generation = llm.generate(prompt_ids, params, answer_log, arrived=arrived)
     finished, text = await unless_disconnected(request, generation.text())
     if not finished:
         return Response(status_code=499)

@@ -147,7 +147,7 @@ def tensor_parallel_table(model: str = "llama-3.1-70b") -> str:
     ]
     for tp in (1, 2, 4, 8):
         layout = planner.compute.tensor_parallel_layout(config, tp)
-        fit = planner.compute.sequences_that_fit(config, gpu["memory_gib"] * 2**30, context, tp=tp)
+        fit = planner.compute.sequences_that_fit(config, planner.usable_bytes(gpu), context, tp=tp)
         read = (layout["weights_per_gpu"] + batch * context * layout["kv_per_token_per_gpu"]) / (
             gpu["bandwidth_gb_s"] * 1e9
         )
@@ -190,7 +190,7 @@ def quantization_table() -> str:
                     tp
                     for tp in (1, 2, 4, 8)
                     if planner.compute.sequences_that_fit(
-                        config, gpu["memory_gib"] * 2**30, 4096, dtype, tp=tp, kv_dtype="bf16"
+                        config, planner.usable_bytes(gpu), 4096, dtype, tp=tp, kv_dtype="bf16"
                     )
                 ),
                 "more than 8",

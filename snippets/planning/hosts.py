@@ -21,6 +21,14 @@ def load_gpus() -> dict:
     return yaml.safe_load((DATA / "gpus.yaml").read_text())["gpus"]
 
 
+def usable_bytes(gpu: dict) -> int:
+    """The memory a GPU really offers: nvidia-smi's total where data/gpus.yaml records it (the
+    GDDR6 cards report about 6 % less than their nominal GB), else the nominal GiB."""
+    if gpu.get("usable_mib"):
+        return gpu["usable_mib"] * 2**20
+    return gpu["memory_gib"] * 2**30
+
+
 def rule_exclusion(spec: dict, host: dict) -> str | None:
     """The first rule of the spec that the host breaks, or None."""
     privacy = spec["privacy"]

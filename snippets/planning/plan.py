@@ -21,7 +21,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 import budget
 import compute
-from hosts import DATA, load_gpus, load_hosts, price_for, rule_exclusion
+from hosts import DATA, load_gpus, load_hosts, price_for, rule_exclusion, usable_bytes
 from spec import SpecError, known_model_names, load_spec
 
 REPO = DATA.parent
@@ -71,7 +71,7 @@ def llm_capacity(config: dict, gpu: dict, spec: dict, tp: int = 1, link: float =
     weights, kv = dtypes(spec)
     tokens = spec["input_tokens"] + spec["output_tokens"]
     fit = compute.sequences_that_fit(
-        config, gpu["memory_gib"] * 2**30, tokens, weights, MEMORY_RESERVE, kv, tp
+        config, usable_bytes(gpu), tokens, weights, MEMORY_RESERVE, kv, tp
     )
     if fit == 0:
         return {
@@ -177,7 +177,7 @@ def does_not_fit(cap: dict, spec: dict, gpu: dict) -> str:
     group = f" each of {cap['tp']} GPUs" if cap["tp"] > 1 else ""
     return (
         f"does not fit: {per_gpu:.1f} GiB of {weights} weights on{group or ' the GPU'} plus the {kv} KV cache "
-        f"of one request exceed {1 - MEMORY_RESERVE:.0%} of {gpu['memory_gib']} GiB"
+        f"of one request exceed {1 - MEMORY_RESERVE:.0%} of {usable_bytes(gpu) / 2**30:.1f} GiB"
     )
 
 

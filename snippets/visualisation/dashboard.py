@@ -13,6 +13,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import altair as alt
 import conversation_graph
 import dashboard_queries as queries
 import networkx as nx
@@ -48,8 +49,24 @@ def charts(frame: pd.DataFrame, layout: dict[str, dict[str, str]], per_row: int 
         for column, title in zip(st.columns(per_row), titles[start : start + per_row]):
             with column:
                 st.markdown(f"**{title}**")
-                series = layout[title]
-                st.line_chart(frame[list(series)].rename(columns=series), height=220)
+                st.altair_chart(line_chart(frame, layout[title]), width="stretch")
+
+
+def line_chart(frame: pd.DataFrame, series: dict[str, str]) -> alt.Chart:
+    """`series` (column -> name in the legend) against clock time: Vega's own axis labels a
+    window of seconds in milliseconds (".281"), and a flat zero as "0.000000"."""
+    long = frame[list(series)].rename(columns=series).reset_index()
+    long = long.melt("time", var_name="series", value_name="value").dropna()
+    return (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("time:T", axis=alt.Axis(format="%H:%M:%S", title=None)),
+            y=alt.Y("value:Q", title=None, axis=alt.Axis(format="~g")),  # 0, not 0.000000
+            color=alt.Color("series:N", title=None),
+        )
+        .properties(height=220)
+    )
 
 
 def server_view(
@@ -66,6 +83,9 @@ def server_view(
     points = queries.window_points(history, point, window_s)
     if not points:
         st.info(f"{name}: collecting; the first rates appear after the next scrape.")
+        return
+    if not any(point["requests/s"] for point in points):  # flat zeros and empty percentiles
+        st.info(f"{name}: no traffic yet; its charts appear with the first requests.")
         return
     frame = pd.DataFrame(points)
     frame["time"] = pd.to_datetime(frame["time"], unit="s")

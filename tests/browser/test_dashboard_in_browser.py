@@ -59,6 +59,14 @@ def test_live_charts_feedback_and_conversations(page, llm_server, tmp_path):
     with streamlit_app("visualisation/dashboard.py", env) as app:
         page.goto(app.url, wait_until="load")
         page.get_by_text("collecting").wait_for(timeout=30_000)  # the first scrape is in
+        page.get_by_text("LLM server: no traffic yet").wait_for(timeout=30_000)
+        assert page.get_by_test_id("stVegaLiteChart").count() == 2  # the feedback charts only
+        screenshot(
+            page,
+            "visualisation/img/dashboard-no-traffic.png",
+            "tests/browser/test_dashboard_in_browser.py",
+            height=900,
+        )
         chat(llm_server.url, 2)
         requests_per_s = page.get_by_test_id("stMetric").first
         page.wait_for_function(

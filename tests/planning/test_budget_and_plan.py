@@ -257,3 +257,16 @@ def test_site_pages_are_generated_by_the_build():
     assert "<!-- render:" not in budget_page and "<!-- figure:" not in budget_page
     assert f"{plan.measured_cpu_embeddings_rps():g} requests/s measured per replica" in budget_page
     assert "**$815** on Hugging Face Inference Endpoints nvidia-a10g x1 (AWS)" in budget_page
+
+
+def test_gddr6_cards_are_planned_with_the_memory_nvidia_smi_reports():
+    """An L4 is sold as 24 GB; nvidia-smi reports 23,034 MiB (22.5 GiB), 1.5 GiB less than 24 GiB
+    (data/gpus.yaml names the source). HBM cards report within 1 % of their nominal GiB."""
+    gpus = hosts.load_gpus()
+    assert hosts.usable_bytes(gpus["L4-24GB"]) == 23034 * 2**20
+    assert hosts.usable_bytes(gpus["A10G-24GB"]) == 23028 * 2**20
+    assert hosts.usable_bytes(gpus["L40S-48GB"]) == 46068 * 2**20
+    assert hosts.usable_bytes(gpus["H100-SXM-80GB"]) == 80 * 2**30
+    out = [row["out"] for row in rows_of("research-70b").values() if "out" in row]
+    l4 = [reason for reason in out if "does not fit" in reason and "of 22.5 GiB" in reason]
+    assert l4, out  # a 70B model is refused against the L4's real 22.5 GiB, not 24

@@ -45,10 +45,12 @@ import llm_metrics as metrics
 import torch
 import torch.nn.functional as F
 import uvicorn
+from benchmark_dialect import length_rules
+from benchmark_dialect import router as completions_router
 from detokenizer import Detokenizer
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from openai_protocol import MODEL_ID, ChatReply, ChatRequest, check_model, reject_not_implemented
+from openai_protocol import MODEL_ID, ChatReply, ChatRequest, check_request
 from prefix_cache import PrefixCache, system_prompt_length
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from server_kit import (
@@ -187,7 +189,7 @@ class Engine:
         if self.failure is not None:
             raise ApiError(503, f"The engine has stopped: {self.failure}", code="server_failed")
         if self.closing.is_set():
-            raise shutting_down()
+            raise ApiError(503, SHUTTING_DOWN, code="shutting_down")
         if self.inbox.qsize() >= self.max_waiting:
             overloaded = "Server is overloaded: too many requests waiting. Retry later."
             raise ApiError(503, overloaded, code="queue_full", headers={"Retry-After": "1"})
@@ -200,7 +202,7 @@ class Engine:
             with torch.inference_mode():
                 while not self.stopped.is_set():
                     if self.closing.is_set():
-                        self.end_all(shutting_down())
+                        self.end_all(ApiError(503, SHUTTING_DOWN, code="shutting_down"))
                     self.admit()
                     if self.running:
                         self.step()
@@ -347,8 +349,7 @@ def left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(mask, (width - mask.shape[1], 0))
 
 
-def shutting_down() -> ApiError:
-    return ApiError(503, "Server is shutting down; retry elsewhere.", code="shutting_down")
+SHUTTING_DOWN = "Server is shutting down; retry elsewhere."
 
 
 # --8<-- [end:engine]
@@ -563,8 +564,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     answer_log = AnswerLog(
         request.app, f"chatcmpl-{uuid.uuid4().hex}", "/v1/chat/completions", messages, body.user
     )
-    check_model(body.model)
-    reject_not_implemented(body)
+    check_request(body)
     state.health.require_ready()
     llm: AsyncEngine = state.llm
     prompt_ids, shared = await llm.encode(lambda tokenizer: chat_prompt(tokenizer, messages))
@@ -582,12 +582,12 @@ async def chat_completions(body: ChatRequest, request: Request):
     grammar = await grammar_mask(
         llm.tokenizer_thread, state.grammar_tokenizer, body.response_format
     )
-    generation = llm.generate(prompt_ids, params, answer_log, grammar, shared, arrived)
+    rules = length_rules(body.ignore_eos, body.min_tokens, params.max_tokens, llm.engine.eos_ids)
+    generation = llm.generate(prompt_ids, params, answer_log, grammar + rules, shared, arrived)
     reply = ChatReply(answer_log.request_id, MODEL_ID, int(time.time()), generation)
     headers = {"X-Request-Id": reply.id}
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = reply.events(include_usage)
+        stream = reply.events(body.stream_options)
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
     finished, text = await unless_disconnected(request, generation.text())
     if not finished:
@@ -624,7 +624,9 @@ def prometheus_metrics():
 
 
 # --8<-- [start:serving]
-ROUTES = ("/v1/chat/completions", "/generate", "/v1/models", "/v1/feedback", "/health", "/metrics")
+ROUTERS = (router, tgi_router, completions_router)  # this file's, and the optional parts'
+# /metrics counts an unknown path as "other": no client can add label values without bound.
+ROUTES = {route.path for part in ROUTERS for route in part.routes} | {"/v1/feedback"}
 
 
 def route_of(path: str) -> str:
@@ -722,8 +724,8 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Chat server with continuous batching", lifespan=lifespan)
     app.state.settings, app.state.health, app.state.model_id = settings, Health(), MODEL_ID
     install_error_handlers(app)
-    app.include_router(router)
-    app.include_router(tgi_router)
+    for routes in ROUTERS:
+        app.include_router(routes)
     open_request_log(app, settings.log_db, settings.log_sync)
     add_middleware(
         app, METRICS, settings.api_keys, settings.rate_limit, MAX_BODY_BYTES, settings.cors_origins

@@ -33,6 +33,7 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: the usage so far on every chunk
 
 
 StopStrings = Annotated[
@@ -73,6 +74,8 @@ class ChatRequest(BaseModel):
     user: str | None = None
     n: Literal[1] = 1
     response_format: ResponseFormat | None = None
+    ignore_eos: bool = False  # vLLM's, for benchmarks: run to max_tokens (benchmark_dialect.py)
+    min_tokens: int = Field(0, ge=0)  # vLLM's: no end of sequence before this many tokens
     tools: Any = None
     tool_choice: Any = None
     functions: Any = None
@@ -96,9 +99,11 @@ def check_model(name: str) -> None:
         raise ApiError(404, unknown, param="model", code="model_not_found")
 
 
-def reject_not_implemented(body: ChatRequest) -> None:
-    """A field the OpenAI API has and this server ignores would silently change the meaning of a
-    request: refuse it by name instead."""
+def check_request(body: ChatRequest) -> None:
+    """What the schema cannot say: the model must be this server's, and a field the OpenAI API
+    has but this server ignores would silently change the meaning of a request: refuse it by
+    name instead."""
+    check_model(body.model)
     for name in NOT_IMPLEMENTED:
         if getattr(body, name) not in (None, False, [], {}):
             unsupported = f"Unsupported parameter: '{name}' is not supported by this server."
@@ -141,24 +146,30 @@ class ChatReply:
         }
         return f"data: {json.dumps(body)}\n\n"
 
-    async def events(self, include_usage: bool) -> AsyncIterator[str]:
+    async def events(self, options: StreamOptions | None) -> AsyncIterator[str]:
         """Server-sent events. The answer is logged before the finish_reason chunk leaves (the
         openai SDK stops reading there). A failure after the stream has begun is sent as an
         error event, then [DONE] (the status line already said 200): never a silent cut."""
+        options = options or StreamOptions()
         try:
             start = {"role": "assistant", "content": ""}
-            yield self.chunk([{"index": 0, "delta": start, "finish_reason": None}])
+            first = {"index": 0, "delta": start, "finish_reason": None}
+            yield self.chunk([first], **self.usage_so_far(options))
             async with contextlib.aclosing(self.generation.pieces) as pieces:  # a hang-up: its row
                 async for piece in pieces:
                     delta = {"content": piece}
-                    yield self.chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+                    choice = {"index": 0, "delta": delta, "finish_reason": None}
+                    yield self.chunk([choice], **self.usage_so_far(options))
             end = {"index": 0, "delta": {}, "finish_reason": self.generation.finish_reason}
-            yield self.chunk([end])
-            if include_usage:
+            yield self.chunk([end], **self.usage_so_far(options))
+            if options.include_usage:
                 yield self.chunk([], usage=self.generation.usage())
         except ApiError as error:
             yield error_event(error.status, error.message, error.code)
         yield "data: [DONE]\n\n"
+
+    def usage_so_far(self, options: StreamOptions) -> dict:
+        return {"usage": self.generation.usage()} if options.continuous_usage_stats else {}
 
 
 def error_event(status: int, message: str, code: str | None) -> str:

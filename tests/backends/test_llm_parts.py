@@ -100,7 +100,7 @@ def test_the_protocol_bounds_what_the_sampler_cannot_honour():
             protocol.ChatRequest.model_validate({**body, field: value})
     assert protocol.ChatRequest.model_validate({**body, "seed": 2**63 - 1}).seed == 2**63 - 1
     with pytest.raises(protocol.ApiError, match="'tools' is not supported"):
-        protocol.reject_not_implemented(
+        protocol.check_request(
             protocol.ChatRequest.model_validate({**body, "tools": [{"type": "function"}]})
         )
 

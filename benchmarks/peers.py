@@ -113,6 +113,7 @@ def llm_contenders() -> dict:
                 "backends/prefix_cache.py",
                 "backends/structured_output.py",
                 "backends/tgi_route.py",
+                "backends/benchmark_dialect.py",
                 "backends/server_kit.py",
                 "backends/request_log.py",
             ],

@@ -31,7 +31,7 @@ def fuzz(url: str, report_dir: Path, max_examples: int) -> dict:
         "--max-response-time=30",
         "--request-timeout=60",
         f"--max-examples={EXAMPLES or max_examples}",
-        "--workers=2",
+        "--workers=4",
         "--report=json",
         f"--report-dir={report_dir}",
     ]
@@ -63,7 +63,7 @@ def test_fuzz_the_llm_server(smollm2_dir, tmp_path):
     request can run long; the request log is on, so every answer is logged too."""
     args = ["--model", str(smollm2_dir), "--max-context", "64", "--log-db", str(tmp_path / "l.db")]
     with serve("backends/llm_server.py", *args) as srv:
-        report = fuzz(srv.url, tmp_path / "report", max_examples=15)
+        report = fuzz(srv.url, tmp_path / "report", max_examples=10)
     assert report["test_cases"]["generated"] >= 300
     for operation in ("POST /v1/chat/completions", "POST /generate"):
         assert accepted(report, operation) >= 5, operation

@@ -31,7 +31,7 @@ from openai_protocol import (
     check_model,
     error_event,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from server_kit import AnswerLog, ApiError, unless_disconnected
 
 
@@ -92,11 +92,6 @@ class CompletionRequest(BaseModel):
     logprobs: Any = None
     best_of: Any = None
 
-    @field_validator("stop", mode="before")
-    @classmethod
-    def one_stop_is_a_list(cls, value):
-        return [value] if isinstance(value, str) else [] if value is None else value
-
 
 def refuse_unimplemented(body: CompletionRequest) -> None:
     """Ignoring one of these would change what the client gets without telling it."""
@@ -123,6 +118,8 @@ async def completions(body: CompletionRequest, request: Request):
     state.health.require_ready()
     llm = state.llm
     prompt_ids = await llm.encode(lambda tokenizer: tokenizer(body.prompt)["input_ids"])
+    if not prompt_ids:  # e.g. only control characters, which the tokenizer drops
+        raise ApiError(400, "'prompt' has no tokens once tokenized.", param="prompt")
     params = llm.sampling_params(
         len(prompt_ids),
         body.max_tokens,

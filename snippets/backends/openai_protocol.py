@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from server_kit import ApiError
 from structured_output import ResponseFormat  # an optional part: drop with this field
 
@@ -36,8 +36,15 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False  # vLLM's: the usage so far on every chunk
 
 
+def stops_as_a_list(value):
+    """OpenAI takes one stop string, a list of them, or null."""
+    return [value] if isinstance(value, str) else [] if value is None else value
+
+
 StopStrings = Annotated[
-    list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)
+    list[Annotated[str, Field(min_length=1)]],
+    Field(max_length=MAX_STOP_STRINGS),
+    BeforeValidator(stops_as_a_list),
 ]
 # Fields of the OpenAI API this server does not implement: accepted by the schema, refused by name
 # (ignoring one would silently change what the request means).
@@ -86,11 +93,6 @@ class ChatRequest(BaseModel):
     presence_penalty: Any = None
     frequency_penalty: Any = None
     parallel_tool_calls: Any = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def one_stop_is_a_list(cls, value):
-        return [value] if isinstance(value, str) else [] if value is None else value
 
 
 def check_model(name: str) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from server_kit import AnswerLog, unless_disconnected
+from server_kit import AnswerLog, ApiError, unless_disconnected
 
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 
@@ -48,6 +48,8 @@ async def tgi_generate(body: GenerateRequest, request: Request):
     state.health.require_ready()
     llm = state.llm
     prompt_ids = await llm.encode(lambda tokenizer: tokenizer(body.inputs)["input_ids"])
+    if not prompt_ids:  # e.g. only control characters, which the tokenizer drops
+        raise ApiError(400, "'inputs' has no tokens once tokenized.", param="inputs")
     settings = body.parameters
     params = llm.sampling_params(
         len(prompt_ids),

@@ -78,6 +78,21 @@ def test_out_of_range_sampling_settings_get_a_400_naming_the_field(
     still_serving(llm_server.url)
 
 
+@pytest.mark.parametrize(
+    "route, body, param",
+    [
+        ("/generate", {"inputs": "\u0006"}, "inputs"),
+        ("/v1/completions", {"model": LLM_MODEL, "prompt": "\u0006"}, "prompt"),
+    ],
+)
+def test_a_prompt_with_no_tokens_gets_a_400(llm_server, route, body, param):
+    """Schemathesis found it: a control character alone tokenizes to nothing, and an empty
+    prompt reached the model (500 model_error)."""
+    response = requests.post(llm_server.url + route, json=body, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+    still_serving(llm_server.url)
+
+
 def test_a_temperature_that_is_zero_in_float32_means_greedy(llm_server):
     """1e-300 is 0 in float32: dividing logits by it gave inf and killed the engine. Below 1e-5
     the request is greedy, as in vLLM."""

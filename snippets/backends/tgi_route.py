@@ -11,10 +11,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from openai_protocol import MAX_SEED
 from pydantic import BaseModel, ConfigDict, Field
 from server_kit import AnswerLog, ApiError, unless_disconnected
-
-MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 
 
 # --8<-- [start:tgi]

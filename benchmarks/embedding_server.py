@@ -25,7 +25,8 @@ import numpy as np
 import requests
 import torch
 import workloads
-from harness import REPO, Server, free_port, load, machine, median_of, spread
+from harness import LOADGEN, REPO, Server, free_port, load, machine, median_of, spread
+from provenance import provenance
 from publish import publish
 
 SERVER = REPO / "snippets" / "backends" / "embedding_server.py"
@@ -336,6 +337,7 @@ def main() -> None:
         workloads.embedding_bodies(texts), Path(tempfile.mkdtemp()) / "embeddings.json"
     )
     result = {
+        "provenance": provenance([Path(__file__), SERVER, LOADGEN]),
         "model": workloads.EMBEDDING_MODEL,
         "threads": args.threads,
         "quick": args.quick,

@@ -2,10 +2,12 @@
 its documented command to a chat box a person can type into (headless Chromium).
 
     python benchmarks/gui_apps.py            # writes results/gui_apps.json and results/gui_apps.md
+    python benchmarks/gui_apps.py --quick    # one start of each app, for the test suite
 
 No model server is needed: an app starts, and shows its chat box, before anyone asks a question.
 """
 
+import argparse
 import ast
 import contextlib
 import datetime
@@ -21,11 +23,11 @@ from pathlib import Path
 
 import requests
 from playwright.sync_api import sync_playwright
+from provenance import provenance
 from publish import publish
 
 REPO = Path(__file__).resolve().parents[1]
 GUI = REPO / "snippets" / "gui"
-RUNS = 3
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
@@ -132,20 +134,28 @@ def start_once(browser, command, chat_box: str) -> tuple[float, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one start of each app, for tests")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+    runs = 1 if args.quick else 3
+    started = provenance([Path(__file__), *(GUI / file for file in FILES.values())])
     load_before = os.getloadavg()[0]
     timings = {name: [] for name in APPS}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        for _ in range(RUNS):  # alternate the apps, so a busy moment hits both
+        for _ in range(runs):  # alternate the apps, so a busy moment hits both
             for name, (command, chat_box) in APPS.items():
                 timings[name].append(start_once(browser, command, chat_box))
         browser.close()
     result = {
+        "provenance": started,
+        "quick": args.quick,
         "date": str(datetime.date.today()),
         "cpu_cores": os.cpu_count(),
         "machine": platform.machine(),
         "load_average_before": round(load_before, 2),
-        "runs": RUNS,
+        "runs": runs,
         "apps": {
             name: {
                 "file": f"snippets/gui/{file}",
@@ -156,7 +166,7 @@ def main() -> None:
             for name, file in FILES.items()
         },
     }
-    publish("gui_apps", result, table(result), REPO / "benchmarks" / "results")
+    publish("gui_apps", result, table(result), args.out_dir)
 
 
 def table(result: dict) -> str:

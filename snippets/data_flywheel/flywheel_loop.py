@@ -471,6 +471,12 @@ def main() -> None:
             f"{sum(row['split'] == 'train' for row in data)}: lower --rounds, --traffic or --canary"
         )
     args.out.mkdir(parents=True)
+    if args.publish:  # the page's run records what it measured: benchmarks/provenance.py
+        sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
+        from provenance import changes_since, provenance
+
+        servers = [ROUTER] if args.embedding_url else [ROUTER, EMBEDDING_SERVER]
+        started = provenance([Path(__file__), DATA, *servers])
     services = Services(args.out, args.embedding_url)
     try:
         heldout_rows = [row for row in data if row["split"] == "heldout"]
@@ -490,8 +496,12 @@ def main() -> None:
     plot(result, args.out / "flywheel.png")
     if args.publish:
         repo = HERE.parents[1]
-        for name in ("flywheel.json", "flywheel.md"):
-            (repo / "benchmarks" / "results" / name).write_text((args.out / name).read_text())
+        started["changed_during_run"] = changes_since(started)
+        published = {"provenance": started, **result}
+        (repo / "benchmarks" / "results" / "flywheel.json").write_text(
+            json.dumps(published, indent=2) + "\n"
+        )
+        (repo / "benchmarks" / "results" / "flywheel.md").write_text(markdown_table(result))
         (repo / "docs" / "data-flywheel" / "img").mkdir(parents=True, exist_ok=True)
         plot(result, repo / "docs" / "data-flywheel" / "img" / "flywheel.png")
     print(markdown_table(result))

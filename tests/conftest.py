@@ -23,6 +23,10 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 from helpers import MODELS, REPO, free_port, load_snippet, serve
 
+# The benchmarks' modules (vllm_cpu: how vLLM starts here) are importable by the tests; appended,
+# so that a benchmark never shadows a snippet of the same name.
+sys.path.append(str(REPO / "benchmarks"))
+
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
@@ -111,6 +115,26 @@ def llm_server(smollm2_dir, tmp_path_factory, chat_page_origin):
         chat_page_origin,
     ) as handle:
         handle.log_db = log_db
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def vllm_chat(smollm2_dir):
+    """vLLM serving SmolLM2 with the catalogue's command, started once for the session (about
+    half a minute, eager, in float32): the same client snippets and checks run against it as
+    against this guide's LLM server."""
+    from vllm_kit import SUITE_FLAGS, start_vllm
+
+    with start_vllm("start", smollm2_dir, *SUITE_FLAGS, kv_cache_gib=1) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def vllm_embeddings(minilm_dir):
+    """vLLM's pooling runner serving all-MiniLM-L6-v2 with the catalogue's command."""
+    from vllm_kit import SUITE_FLAGS, start_vllm
+
+    with start_vllm("start_embeddings", minilm_dir, *SUITE_FLAGS, kv_cache_gib=1) as handle:
         yield handle
 
 

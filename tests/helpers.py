@@ -55,42 +55,51 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(relpath: str, *args: str, ready_path: str = "/health", startup_timeout: float = 120):
-    """Start a server snippet on a free loopback port in its own process group; yield its URL.
-
-    The whole group is killed on exit, so no server outlives its test.
-    """
+    """Start a server snippet on a free loopback port in its own process group; yield its handle."""
     port = free_port()
+    command = [sys.executable, str(SNIPPETS / relpath), "--host", "127.0.0.1", "--port", str(port)]
+    with serve_command(
+        [*command, *args], port, ready_path=ready_path, startup_timeout=startup_timeout
+    ) as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def serve_command(
+    command: list[str],
+    port: int,
+    env: dict | None = None,
+    ready_path: str = "/health",
+    startup_timeout: float = 120,
+):
+    """Run any server command that listens on 127.0.0.1:`port` in its own process group; yield a
+    handle once `ready_path` answers 200. The whole group is killed on exit, so no server (nor a
+    worker process it started) outlives its test."""
     stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 -- open for the server's life; closed below
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(SNIPPETS / relpath),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *args,
-        ],
+        command,
         cwd=REPO,
+        env=env,
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
+        stdout=stderr,
         stderr=stderr,
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
+    name = Path(command[1]).name if len(command) > 1 else command[0]
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
             if proc.poll() is not None:
                 stderr.seek(0)
                 raise RuntimeError(
-                    f"{relpath} exited with {proc.returncode}:\n{stderr.read()[-3000:]}"
+                    f"{name} exited with {proc.returncode}:\n{stderr.read()[-3000:]}"
                 )
             with contextlib.suppress(requests.RequestException):
                 if requests.get(url + ready_path, timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{relpath} not ready after {startup_timeout} s")
+                raise TimeoutError(f"{name} not ready after {startup_timeout} s")
             time.sleep(0.2)
         yield ServerHandle(url, proc, stderr)
     finally:

@@ -1,0 +1,91 @@
+"""vLLM in the suite: started with the catalogue's command, and its own argument parser run over
+every vLLM flag the pages quote. Nothing here imports vllm: it lives in `.venv-vllm`."""
+
+import contextlib
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from helpers import free_port, serve_command
+from vllm_cpu import API_SERVER, VLLM_PYTHON, catalogue_command, command_argv, vllm_env
+
+# What the suite adds to the catalogue's command: eager mode starts in about half a minute instead
+# of two (no torch.compile), and float32 makes greedy output comparable token for token with this
+# guide's server and transformers.
+SUITE_FLAGS = ["--enforce-eager", "--dtype", "float32"]
+
+
+@contextlib.contextmanager
+def start_vllm(
+    field: str, folder: Path, *flags: str, kv_cache_gib: int = 1, startup_timeout: float = 240
+):
+    """Start vLLM with the catalogue's command `field` (`start`, `start_embeddings`) serving
+    `folder` on a free loopback port, `flags` added; yield its handle."""
+    port = free_port()
+    argv = command_argv(catalogue_command(field), folder, port, *flags)
+    with serve_command(
+        argv, port, env=vllm_env(kv_cache_gib), startup_timeout=startup_timeout
+    ) as handle:
+        yield handle
+
+
+PARSE = """
+import contextlib, io, json, sys
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+errors = []
+for argv in json.load(sys.stdin):
+    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve", exit_on_error=False))
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            args = parser.parse_args(argv)
+            validate_parsed_serve_args(args)
+        errors.append(None)
+    except (Exception, SystemExit) as error:
+        lines = said.getvalue().strip().splitlines() or [f"{type(error).__name__}: {error}"]
+        errors.append(lines[-1])
+print(json.dumps(errors))
+"""
+
+
+def parse_vllm_args(commands: list[str]) -> dict[str, str | None]:
+    """Parse each `vllm serve ...` or `python -m vllm.entrypoints.openai.api_server ...` command
+    with the installed vLLM's own parser and the checks `vllm serve` runs before loading a model;
+    map command -> its error line, or None. Nothing is loaded, so a model name need not exist."""
+    argvs = [serve_arguments(c) for c in commands]
+    result = subprocess.run(
+        [str(VLLM_PYTHON), "-c", PARSE],
+        input=json.dumps(argvs),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=vllm_env(1),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(zip(commands, json.loads(result.stdout.splitlines()[-1]), strict=True))
+
+
+def serve_arguments(command: str) -> list[str]:
+    """The arguments after the launcher: `vllm serve M --x` -> [M, --x]; the module form likewise."""
+    words = shlex.split(command)
+    for launcher in (["vllm", "serve"], API_SERVER):
+        if words[: len(launcher)] == launcher:
+            return words[len(launcher) :]
+    raise ValueError(f"not a vLLM start command: {command}")
+
+
+VLLM_COMMAND = re.compile(r"^\s*(vllm serve|python -m vllm\.entrypoints\.openai\.api_server)\b")
+
+
+def commands_in(text: str) -> list[str]:
+    """Every vLLM start command in a page or file, its backslash continuations joined."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [
+        line.strip().strip("`")
+        for line in joined.splitlines()
+        if VLLM_COMMAND.match(line.strip().strip("`"))
+    ]

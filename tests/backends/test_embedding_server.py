@@ -84,11 +84,8 @@ def test_every_client_matches_the_model(embedding_server, embed_one):
 
 
 def test_client_snippets(embedding_server):
+    """The openai and requests snippets run against vLLM as well, in test_engines.py."""
     url = embedding_server.url
-    out = run_snippet("backends/embed_with_requests.py", "--url", url)
-    assert "2 embeddings of 384 floats" in out
-    out = run_snippet("backends/embed_with_openai.py", "--url", url)
-    assert f"2 embeddings of 384 floats from {MODEL}" in out
     out = run_snippet("backends/embed_with_tritonclient.py", "--url", url.removeprefix("http://"))
     assert "embedding tensor (2, 384), dtype float32" in out and "'datatype': 'BYTES'" in out
     out = run_snippet(

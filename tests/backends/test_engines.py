@@ -11,7 +11,7 @@ from vllm_kit import commands_in, parse_vllm_args, serve_arguments
 pytestmark = pytest.mark.slow
 
 CHAT_SNIPPETS = [
-    ("backends/chat_with_openai.py", "answer: The capital of France is Paris."),
+    ("backends/chat_with_openai.py", "streamed: The capital of France is Paris. (8 tokens)"),
     ("backends/chat_with_requests_sse.py", "finish_reason=stop"),
     ("backends/structured_output_with_openai.py", "valid: ['city', 'country', 'is_capital'"),
 ]

@@ -48,10 +48,16 @@ def cpu_model() -> str:
 
 
 class Server:
-    """A server process started for a benchmark: ready when `ready_path` answers 200."""
+    """A server process started for a benchmark: ready when `ready_path` answers 200. `env`
+    replaces this process's environment (vLLM needs its own)."""
 
     def __init__(
-        self, command: list[str], port: int, ready_path: str = "/health", timeout: float = 300
+        self,
+        command: list[str],
+        port: int,
+        ready_path: str = "/health",
+        timeout: float = 300,
+        env: dict | None = None,
     ):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         started = time.perf_counter()
@@ -61,7 +67,7 @@ class Server:
             start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            env={**(env or os.environ), "HF_HUB_OFFLINE": "1"},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

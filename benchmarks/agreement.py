@@ -142,9 +142,8 @@ def main() -> None:
     ours_port, vllm_port = free_port(), free_port()
     ours = [sys.executable, str(server), "--model", str(folder), "--dtype", "float32"]
     ours += ["--port", str(ours_port)]
-    vllm = command_argv(
-        catalogue_command(), folder, vllm_port, "--enforce-eager", "--dtype", "float32"
-    )
+    vllm = command_argv(catalogue_command(), folder, "--enforce-eager", "--dtype", "float32")
+    vllm += ["--port", str(vllm_port)]
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with Server(ours, ours_port) as a, Server(vllm, vllm_port, env=vllm_env(1)) as b:

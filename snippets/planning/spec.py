@@ -4,6 +4,11 @@
 
 Every problem gets its own one-line message (`spec.yaml: 'field': what is wrong`), all of them at
 once, so a customer fixes the spec in one pass.
+
+`model` names a model in data/model_configs.yaml or is the path of a config.json (relative paths
+are read from the spec's folder), so any supported architecture can be planned. `input_tokens` and
+`output_tokens` are a typical request; `max_context_tokens`, if given, is the longest request the
+service must accept (prompt plus answer), which sets the engine's --max-model-len.
 """
 
 import argparse
@@ -15,6 +20,7 @@ import yaml
 USE_CASES = ("chat", "generation", "embedding", "classification")
 REGIONS = ("ANY", "EU", "US", "UK", "APAC")
 DTYPES = ("bf16", "fp8", "int8", "int4")
+KV_DTYPES = ("bf16", "fp8")  # what vLLM's --kv-cache-dtype offers (auto = the model's bf16)
 FIELDS = {  # name: (required, check) - each check returns an error message or None
     "name": (
         True,
@@ -27,7 +33,9 @@ FIELDS = {  # name: (required, check) - each check returns an error message or N
     "model": (
         True,
         lambda v: (
-            None if isinstance(v, str) and v else "must name a model in data/model_configs.yaml"
+            None
+            if isinstance(v, str) and v
+            else "must name a model in data/model_configs.yaml or the path of a config.json"
         ),
     ),
     "users": (False, lambda v: positive(v, integer=True)),
@@ -43,6 +51,7 @@ FIELDS = {  # name: (required, check) - each check returns an error message or N
     ),
     "input_tokens": (True, lambda v: positive(v, integer=True)),
     "output_tokens": (True, lambda v: non_negative(v, integer=True)),
+    "max_context_tokens": (False, lambda v: positive(v, integer=True)),
     "latency_p95_ms": (True, lambda v: positive(v)),
     "ttft_p95_ms": (False, lambda v: positive(v)),
     "dtype": (False, lambda v: check_dtype(v)),
@@ -101,9 +110,13 @@ def check_dtype(v) -> str | None:
         not isinstance(v, dict)
         or not v
         or not set(v) <= {"weights", "kv_cache"}
-        or not all(d in DTYPES for d in v.values())
+        or v.get("weights", "bf16") not in DTYPES
+        or v.get("kv_cache", "bf16") not in KV_DTYPES
     ):
-        return f"must map weights and/or kv_cache to one of {', '.join(DTYPES)}"
+        return (
+            f"must map weights to one of {', '.join(DTYPES)} and/or kv_cache to one of "
+            f"{', '.join(KV_DTYPES)}"
+        )
     return None
 
 
@@ -146,16 +159,44 @@ def validate(spec: dict, known_models: set[str]) -> list[str]:
         message = check(spec[name])
         if message:
             problems.append(f"'{name}': {message}")
-    if (
-        "model" in spec
-        and isinstance(spec["model"], str)
-        and spec["model"]
-        and spec["model"] not in known_models
-    ):
+    model = spec.get("model")
+    if isinstance(model, str) and model and model not in known_models and not is_config_path(model):
         problems.append(
-            f"'model': unknown model {spec['model']!r}; known: {', '.join(sorted(known_models))}"
+            f"'model': unknown model {model!r}; known: {', '.join(sorted(known_models))}, "
+            "or the path of a config.json"
         )
-    return problems + check_peak_window(spec, problems)
+    return problems + check_peak_window(spec, problems) + check_context(spec, problems)
+
+
+def is_config_path(model: str) -> bool:
+    return model.endswith(".json")
+
+
+def check_context(spec: dict, problems: list[str]) -> list[str]:
+    """The longest request must hold a typical one."""
+    fields = ("max_context_tokens", "input_tokens", "output_tokens")
+    if (
+        any(p.startswith(tuple(f"'{f}'" for f in fields)) for p in problems)
+        or not set(fields) <= spec.keys()
+    ):
+        return []
+    typical = spec["input_tokens"] + spec["output_tokens"]
+    if spec["max_context_tokens"] < typical:
+        return [
+            (
+                f"'max_context_tokens': {spec['max_context_tokens']:,} is shorter than a typical "
+                f"request (input_tokens + output_tokens = {typical:,})"
+            )
+        ]
+    return []
+
+
+def config_path(spec: dict, spec_path: Path) -> Path | None:
+    """Where a spec's config.json is: as written if absolute, else beside the spec; None for a named model."""
+    if not is_config_path(spec["model"]):
+        return None
+    path = Path(spec["model"]).expanduser()
+    return path if path.is_absolute() else spec_path.parent / path
 
 
 def load_spec(path: Path, known_models: set[str]) -> dict:
@@ -165,6 +206,8 @@ def load_spec(path: Path, known_models: set[str]) -> dict:
     except (OSError, yaml.YAMLError) as error:
         raise SpecError([f"{path}: cannot read the spec: {str(error).splitlines()[0]}"]) from None
     problems = validate(spec, known_models)
+    if not problems and config_path(spec, path) and not config_path(spec, path).is_file():
+        problems = [f"'model': no config.json at {config_path(spec, path)}"]
     if problems:
         raise SpecError([f"{path}: {p}" for p in problems])
     return spec

@@ -32,6 +32,10 @@ BAD = [
     ({"availability": 99.9}, "'availability': must be a fraction between 0 and 1, e.g. 0.999"),
     ({"model": "gpt-99"}, "'model': unknown model 'gpt-99'"),
     (
+        {"model": 7},
+        "'model': must name a model in data/model_configs.yaml or the path of a config.json",
+    ),
+    (
         {"privacy": {"pii": True, "data_residency": ["MARS"], "on_premises": False}},
         "'privacy': data_residency must be a list of ANY, EU, US, UK, APAC",
     ),
@@ -54,9 +58,19 @@ BAD = [
     ),
     (
         {"dtype": {"weights": "fp4"}},
-        "'dtype': must map weights and/or kv_cache to one of bf16, fp8, int8, int4",
+        "'dtype': must map weights to one of bf16, fp8, int8, int4 and/or kv_cache to one of bf16, fp8",
     ),
-    ({"dtype": {"activations": "fp8"}}, "'dtype': must map weights and/or kv_cache"),
+    ({"dtype": {"activations": "fp8"}}, "'dtype': must map weights to one of"),
+    (
+        {"dtype": {"kv_cache": "int4"}},
+        "'dtype': must map weights to one of",
+    ),  # vLLM has no int4 KV cache
+    ({"max_context_tokens": 0}, "'max_context_tokens': must be > 0, got 0"),
+    # a typical request is 800 + 250 tokens, so the longest cannot be 1,000
+    (
+        {"max_context_tokens": 1000},
+        "'max_context_tokens': 1,000 is shorter than a typical request (input_tokens + output_tokens = 1,050)",
+    ),
     ({"quality_bar": " "}, "'quality_bar': must say how quality is judged"),
 ]
 
@@ -104,3 +118,19 @@ def test_unreadable_spec_is_one_line(tmp_path):
     )
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
     assert "cannot read the spec" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_may_be_the_path_of_a_config_json(tmp_path):
+    """Relative to the spec's folder; a missing file is named."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**GOOD, "model": "my-model/config.json"}))
+    with pytest.raises(spec.SpecError) as error:
+        spec.load_spec(path, MODELS)
+    assert (
+        str(error.value)
+        == f"{path}: 'model': no config.json at {tmp_path / 'my-model/config.json'}"
+    )
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "config.json").write_text("{}")
+    loaded = spec.load_spec(path, MODELS)
+    assert spec.config_path(loaded, path) == tmp_path / "my-model" / "config.json"

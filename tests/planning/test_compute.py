@@ -190,7 +190,7 @@ def test_sliding_window_layers_hold_only_their_window(config):
     for tokens in (5, 20):
         cache = DynamicCache(config=model.config)
         with torch.inference_mode():
-            model(input_ids=torch.arange(tokens)[None], past_key_values=cache, use_cache=True)
+            model(input_ids=torch.arange(tokens)[None], cache=cache, use_cache=True)
         measured = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
         held_back = sliding * per_layer if tokens >= 8 else 0
         assert measured == compute.kv_bytes_per_sequence(config, tokens, "float32") - held_back

@@ -2,7 +2,8 @@
 
 The request shapes are guidellm's (0.8, `backends/openai/request_handlers.py`): a fixed output
 length through `ignore_eos` with `stop: null`, `max_completion_tokens` on chat and `max_tokens` on
-the legacy completions route, and `stream_options` with vLLM's `continuous_usage_stats`. The
+the legacy completions route, `stream_options` with vLLM's `continuous_usage_stats`, and chat
+content as a list of text parts (a request captured from guidellm 0.8.1 itself). The
 server must answer them as vLLM does: exactly the asked number of tokens, usage on every chunk.
 """
 
@@ -29,7 +30,8 @@ def events(url: str, path: str, body: dict) -> list[dict]:
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 def test_guidellms_fixed_length_requests_get_exactly_that_many_tokens(llm_server, path):
     if path == "/v1/chat/completions":
-        body = {"messages": [{"role": "user", "content": "Say hi."}], "max_completion_tokens": 40}
+        hi = [{"type": "text", "text": "Say hi."}]  # guidellm sends content as a list of parts
+        body = {"messages": [{"role": "user", "content": hi}], "max_completion_tokens": 40}
     else:
         body = {"prompt": "Hello", "max_tokens": 40}
     body = {"model": MODEL, "stop": None, "ignore_eos": True, "temperature": 0, **STREAM, **body}
@@ -89,3 +91,24 @@ def test_the_length_rule_forbids_only_end_of_sequence_tokens_and_only_until_the_
         )
         assert rule.accept(0) is False
     assert dialect.length_rules(False, 0, max_tokens=10, eos_ids={3}) == ()
+
+
+def test_content_as_text_parts_is_joined_and_any_other_part_is_a_400(llm_server):
+    def ask(content):
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": 0,
+        }
+        return requests.post(llm_server.url + "/v1/chat/completions", json=body, timeout=60)
+
+    parts = [
+        {"type": "text", "text": "What is the capital "},
+        {"type": "text", "text": "of France?"},
+    ]
+    as_parts, as_text = ask(parts).json(), ask("What is the capital of France?").json()
+    assert as_parts["choices"][0]["message"] == as_text["choices"][0]["message"]
+    image = ask([{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}])
+    assert image.status_code == 400
+    assert image.json()["error"]["param"] == "messages[0].content"
+    assert "only text parts" in image.json()["error"]["message"]

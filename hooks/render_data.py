@@ -255,8 +255,9 @@ def peak_window_example(spec_name: str = "internal-chat") -> str:
     )
     price = row["price"]["per_hour"]
     return (
-        f"- peak: {spec['peak_requests_per_second']:g} requests/s for {spec['peak_hours_per_day']:g} h need "
-        f"{row['replicas']} replicas of {row['instance_rps']:.2f} requests/s at 70 % busy: "
+        f"- peak: {spec['peak_requests_per_second']:g} requests/s for {spec['peak_hours_per_day']:g} h: "
+        f"{row['replicas_for_rate']} replicas of {row['instance_rps']:.2f} requests/s carry the rate at 70 % "
+        f"busy, and the {row['binding']} target sets {row['replicas']}: "
         f"{row['replicas']} x {spec['peak_hours_per_day']:g} h = {row['replicas'] * spec['peak_hours_per_day']:g} replica-hours\n"
         f"- off peak: {spec['requests_per_day']:,} - {spec['peak_requests_per_second']:g} x {spec['peak_hours_per_day']:g} x 3,600 = "
         f"{traffic.offpeak_requests:,.0f} requests in {traffic.offpeak_hours:g} h, one every "

@@ -81,6 +81,9 @@ bench: install
 	$(PY) snippets/servable_model/gguf_to_safetensors.py
 	$(PY) benchmarks/embedding_server.py
 	$(PY) benchmarks/llm_server.py
+	$(PY) benchmarks/prefix_cache.py
+	# The servers against the revision before their rebuild into parts (the LLM page's first table).
+	$(PY) benchmarks/rebuild_speed.py --old bcb6002
 	$(PY) benchmarks/request_log_cost.py
 	$(PY) benchmarks/model_formats.py
 	$(PY) benchmarks/gui_apps.py

@@ -3,6 +3,7 @@ loopback port, wait until it is ready, drive it with the load generator (its own
 it, and summarise repeated runs as medians with their spread.
 """
 
+import argparse
 import contextlib
 import json
 import os
@@ -109,6 +110,59 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class Running:
+    """A server already running at `url`, measured in place of one a benchmark would start: the
+    test suite's quick checks point contenders at its session servers (`--url`). There is
+    nothing to stop, and no start-up time or memory of its own to report (0)."""
+
+    startup_s = 0.0
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def peak_memory_mb(self) -> float:
+        return 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def contender(name: str, urls: dict, command: list[str], port: int, **options) -> Server | Running:
+    """Contender `name`: the server already at `urls[name]` if the run was given one, else a
+    Server started from `command` (its keyword options as Server's)."""
+    return Running(urls[name]) if name in urls else Server(command, port, **options)
+
+
+def add_url_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="CONTENDER=URL",
+        help="with --quick: measure the server already at URL as CONTENDER instead of starting "
+        "one (the test suite points contenders at its running servers); repeatable",
+    )
+
+
+def contender_urls(parser: argparse.ArgumentParser, args, contenders) -> dict[str, str]:
+    """The --url options as {contender: url}; a parser error for an unknown contender, a missing
+    '=', or --url without --quick (a full run always starts its contenders)."""
+    urls = {}
+    for option in args.url:
+        name, equals, url = option.partition("=")
+        if not equals or name not in contenders:
+            parser.error(
+                f"--url {option!r}: expected CONTENDER=URL, CONTENDER one of {list(contenders)}"
+            )
+        urls[name] = url
+    if urls and not args.quick:
+        parser.error("--url only with --quick: a full run starts every contender itself")
+    return urls
 
 
 def descendants(root: int) -> list[int]:

@@ -11,7 +11,18 @@ import tempfile
 from pathlib import Path
 
 import workloads
-from harness import LOADGEN, REPO, Server, free_port, load, machine, median_of, spread
+from harness import (
+    LOADGEN,
+    REPO,
+    add_url_option,
+    contender,
+    contender_urls,
+    free_port,
+    load,
+    machine,
+    median_of,
+    spread,
+)
 from llm_server import MODEL_DIR
 from provenance import provenance
 from publish import publish
@@ -37,7 +48,7 @@ QUESTIONS = [
 FIGURES = ["ttft_p50", "ttft_p95", "latency_p50"]
 
 
-def bodies(n: int) -> list[dict]:
+def bodies(n: int, max_tokens: int) -> list[dict]:
     return [
         {
             "model": workloads.CHAT_MODEL,
@@ -45,7 +56,7 @@ def bodies(n: int) -> list[dict]:
                 {"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]},
             ],
-            "max_tokens": 8,
+            "max_tokens": max_tokens,
             "temperature": 0,
             "stream": True,
         }
@@ -78,7 +89,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    add_url_option(parser)
     args = parser.parse_args()
+    runs = {"on (8 prompts kept)": [], "off (--prefix-cache 0)": []}
+    urls = contender_urls(parser, args, runs)
     from transformers import AutoTokenizer
 
     started = provenance([Path(__file__), SERVER, LOADGEN])
@@ -88,16 +102,15 @@ def main() -> None:
             [{"role": "system", "content": SYSTEM_PROMPT}], tokenize=True, return_dict=True
         )["input_ids"]
     )
-    repeats, n = (1, 4) if args.quick else (3, 24)
-    workload = workloads.write(bodies(n), Path(tempfile.mkdtemp()) / "prefix.json")
-    runs = {"on (8 prompts kept)": [], "off (--prefix-cache 0)": []}
+    repeats, n, max_tokens = (1, 2, 2) if args.quick else (3, 24, 8)
+    workload = workloads.write(bodies(n, max_tokens), Path(tempfile.mkdtemp()) / "prefix.json")
     for _ in range(repeats):
         for name, rows in runs.items():
             port = free_port()
             command = [sys.executable, str(SERVER), "--port", str(port), "--model", str(MODEL_DIR)]
             if name.startswith("off"):
                 command += ["--prefix-cache", "0"]
-            with Server(command, port) as server:
+            with contender(name, urls, command, port) as server:
                 rows.append(
                     load(
                         server.url,

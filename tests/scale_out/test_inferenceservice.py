@@ -6,59 +6,20 @@ rejected as `kubectl apply` rejects them (strict field validation, the kubectl d
 `kserve` SDK is not used: kserve 0.21.0 pins psutil<6 while this environment's ipython needs
 psutil>=7, and its models drop misspelt fields silently instead of rejecting them.
 
-The schema file beside this test is that CRD's v1beta1 schema as compact JSON, gzipped. To
-refresh it for another KServe release:
-
-    python tests/scale_out/test_inferenceservice.py path/to/serving.kserve.io_inferenceservices.yaml
+The schema file beside this test is that CRD's v1beta1 schema as compact JSON, gzipped; the strict
+check and the refresh command are shared with the other custom resources (scale_out/crd_schema.py).
 """
 
 import copy
-import gzip
-import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+from scale_out.crd_schema import problems, schema_from_crd, strict, strict_validator
 
-SCHEMA_FILE = Path(__file__).with_name("kserve-v0.20.0-inferenceservice-schema.json.gz")
+SCHEMA_FILE = "kserve-v0.20.0-inferenceservice-schema.json.gz"
 MANIFEST = Path(__file__).resolve().parents[2] / "snippets" / "scale_out" / "inferenceservice.yaml"
-
-
-def schema_from_crd(crd: dict, version: str = "v1beta1") -> dict:
-    """The OpenAPI v3 schema of one version of a CustomResourceDefinition."""
-    [served] = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    return served["schema"]["openAPIV3Schema"]
-
-
-def strict(schema):
-    """A copy in which objects with declared properties accept no others.
-
-    The API server drops unknown fields unless asked for strict field validation, which
-    `kubectl apply` asks for by default; objects marked x-kubernetes-preserve-unknown-fields,
-    or with their own additionalProperties, stay open.
-    """
-    if isinstance(schema, list):
-        return [strict(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: strict(value) for key, value in schema.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
-def problems(manifest: dict, validator: Draft202012Validator) -> list[str]:
-    """Every schema violation in the manifest, as 'path: message'."""
-    return sorted(
-        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-        for e in validator.iter_errors(manifest)
-    )
 
 
 def predictor(manifest: dict) -> dict:
@@ -67,8 +28,7 @@ def predictor(manifest: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def validator() -> Draft202012Validator:
-    schema = json.loads(gzip.decompress(SCHEMA_FILE.read_bytes()))
-    return Draft202012Validator(strict(schema))
+    return strict_validator(SCHEMA_FILE)
 
 
 @pytest.fixture
@@ -187,20 +147,8 @@ def test_schema_from_crd_picks_the_version_and_strict_closes_objects():
             ]
         }
     }
-    closed = strict(schema_from_crd(crd))
+    closed = strict(schema_from_crd(crd, "v1beta1"))
     assert closed["additionalProperties"] is False
     assert closed["properties"]["spec"]["additionalProperties"] is False
     assert "additionalProperties" not in closed["properties"]["free"]
     assert closed["properties"]["labels"]["additionalProperties"] == {"type": "string"}
-
-
-def refresh(crd_path: str) -> None:
-    """Rewrite the schema file from a CRD file (byte-for-byte reproducible: no gzip timestamp)."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader reads 2 MB in a second
-    crd = yaml.load(Path(crd_path).read_text(), Loader=loader)
-    text = json.dumps(schema_from_crd(crd), separators=(",", ":"), sort_keys=True)
-    SCHEMA_FILE.write_bytes(gzip.compress(text.encode(), compresslevel=9, mtime=0))
-
-
-if __name__ == "__main__":
-    refresh(sys.argv[1])

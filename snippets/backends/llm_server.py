@@ -15,7 +15,8 @@
 Optional parts, each in its own file beside this one, plug into those points; drop any of them
 with the lines that use it (each file's docstring names them): `prefix_cache.py` (an admission
 hook: a shared system prompt is prefilled once), `structured_output.py` (a logits processor:
-JSON that fits a schema) and `tgi_route.py` (TGI's POST /generate, a router the app includes).
+JSON that fits a schema), `tool_calling.py` (OpenAI's tools: a system block, a logits processor
+and how the answer is read) and `tgi_route.py` (TGI's POST /generate, a router the app includes).
 
 Design limits: a prefill blocks every running sequence for its duration (no chunked prefill);
 the KV cache is one left-padded tensor per layer, one row per sequence (no paged attention, no
@@ -70,6 +71,7 @@ from server_kit import (
 )
 from structured_output import grammar_mask, grammar_tokenizer
 from tgi_route import router as tgi_router
+from tool_calling import chat_messages, tool_use
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.utils import logging as hf_logging
 
@@ -560,13 +562,14 @@ router = APIRouter()
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     arrived, state = time.perf_counter(), request.app.state
-    messages = [message.model_dump(exclude_none=True) for message in body.messages]
+    messages = chat_messages(body)  # the tools in a system block, calls and results as text
     answer_log = AnswerLog(
         request.app, f"chatcmpl-{uuid.uuid4().hex}", "/v1/chat/completions", messages, body.user
     )
     check_request(body)
     state.health.require_ready()
     llm: AsyncEngine = state.llm
+    thread, vocabulary = llm.tokenizer_thread, state.grammar_tokenizer
     prompt_ids, shared = await llm.encode(lambda tokenizer: chat_prompt(tokenizer, messages))
     tokens_name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     params = llm.sampling_params(
@@ -579,12 +582,11 @@ async def chat_completions(body: ChatRequest, request: Request):
         seed=body.seed,
         stop=tuple(body.stop),
     )
-    grammar = await grammar_mask(
-        llm.tokenizer_thread, state.grammar_tokenizer, body.response_format
-    )
+    tools = await tool_use(thread, vocabulary, body)  # a forced call: the grammar of a call
+    grammar = await grammar_mask(thread, vocabulary, body.response_format) + tools.mask
     rules = length_rules(body.ignore_eos, body.min_tokens, params.max_tokens, llm.engine.eos_ids)
     generation = llm.generate(prompt_ids, params, answer_log, grammar + rules, shared, arrived)
-    reply = ChatReply(answer_log.request_id, MODEL_ID, int(time.time()), generation)
+    reply = ChatReply(answer_log.request_id, MODEL_ID, int(time.time()), generation, tools)
     headers = {"X-Request-Id": reply.id}
     if body.stream:
         stream = reply.events(body.stream_options)
@@ -677,8 +679,7 @@ def load(settings: Settings) -> tuple[Any, Any, Any]:
     folder, gguf_file = resolve_model(settings.model)
     encoder = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     decoder = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    dtype = getattr(torch, settings.dtype)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=settings.dtype)
     return model.eval(), encoder, decoder
 
 

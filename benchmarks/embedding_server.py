@@ -25,7 +25,20 @@ import numpy as np
 import requests
 import torch
 import workloads
-from harness import LOADGEN, REPO, Server, free_port, load, machine, median_of, spread
+from harness import (
+    LOADGEN,
+    REPO,
+    Running,
+    Server,
+    add_url_option,
+    contender,
+    contender_urls,
+    free_port,
+    load,
+    machine,
+    median_of,
+    spread,
+)
 from provenance import provenance
 from publish import publish
 
@@ -68,7 +81,11 @@ def ceilings(tokenizer, model, texts: list[str], sizes: list[int]) -> dict:
 
 
 def sweep(
-    server: Server, workload: Path, closed: list[int], rates: list[float], seconds: float
+    server: Server | Running,
+    workload: Path,
+    closed: list[int],
+    rates: list[float],
+    seconds: float,
 ) -> list[dict]:
     rows = []
     for concurrency in closed:
@@ -105,7 +122,7 @@ def sweep(
     return rows
 
 
-def health_under_big_bodies(server: Server, seconds: float) -> dict:
+def health_under_big_bodies(server: Server | Running, seconds: float) -> dict:
     """/health latency while two clients keep sending ~1 MB bodies (each rejected once tokenized:
     its inputs are over 256 tokens), so the tokenizer is always busy."""
     big = Path(tempfile.mkdtemp()) / "big.json"
@@ -326,7 +343,9 @@ def main() -> None:
     parser.add_argument(
         "--plot", type=Path, default=REPO / "docs" / "backends" / "img" / "embedding_server.png"
     )
+    add_url_option(parser)
     args = parser.parse_args()
+    urls = contender_urls(parser, args, CONTENDERS)
     torch.set_num_threads(args.threads)
     repeats, seconds = (1, 2) if args.quick else (args.repeats, 12)
     closed, rates = ([8], [50]) if args.quick else ([1, 8, 32, 64], [50, 100, 200, 300])
@@ -362,7 +381,7 @@ def main() -> None:
                 str(args.threads),
                 *options,
             ]
-            with Server(command, port) as server:
+            with contender(name, urls, command, port) as server:
                 for row in sweep(server, workload, closed, rates, seconds):
                     result["runs"].append({"mode": name, "repeat": repeat, **row})
                     print(json.dumps(result["runs"][-1]), flush=True)

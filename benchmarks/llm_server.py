@@ -25,7 +25,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import workloads
-from harness import LOADGEN, REPO, Server, free_port, load, machine, median_of, spread
+from harness import (
+    LOADGEN,
+    REPO,
+    add_url_option,
+    contender,
+    contender_urls,
+    free_port,
+    load,
+    machine,
+    median_of,
+    spread,
+)
 from provenance import provenance
 from publish import publish
 
@@ -291,7 +302,9 @@ def main() -> None:
     parser.add_argument(
         "--plot", type=Path, default=REPO / "docs" / "backends" / "img" / "llm_server.png"
     )
+    add_url_option(parser)
     args = parser.parse_args()
+    urls = contender_urls(parser, args, contenders(args.threads, args.quick))
     if not MODEL_DIR.exists():
         raise SystemExit(
             f"{MODEL_DIR} missing: run python snippets/servable_model/gguf_to_safetensors.py"
@@ -332,7 +345,9 @@ def main() -> None:
         for mode, (command, model, closed, rates) in contenders(args.threads, args.quick).items():
             workload = workloads.write([{**b, "model": model} for b in bodies], work / "chat.json")
             port = free_port()
-            with Server(command + ["--port", str(port)], port, timeout=600) as server:
+            with contender(
+                mode, urls, command + ["--port", str(port)], port, timeout=600
+            ) as server:
                 result["startup_s"][mode] = round(server.startup_s, 1)
                 for concurrency in closed:
                     label = f"{concurrency} client" + ("s" if concurrency > 1 else "")

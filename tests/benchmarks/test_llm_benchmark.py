@@ -1,7 +1,6 @@
 """benchmarks/llm_server.py: runs end to end in quick mode; the page's table is its output."""
 
 import json
-import subprocess
 import sys
 
 from helpers import REPO
@@ -25,31 +24,22 @@ def markdown_table(result: dict) -> str:
     return llm_server.markdown_table(result)
 
 
-def test_quick_run(tmp_path, smollm2_dir):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "llm_server.py"),
-            "--quick",
-            "--out-dir",
-            str(tmp_path),
-            "--plot",
-            str(tmp_path / "plot.png"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
+def test_quick_run(run_quick, llm_server, tmp_path):
+    """This guide's two contenders are the suite's LLM server; the peer is started as in a full run."""
+    ours = ("one at a time", "continuous batching")
+    result, table = run_quick(
+        "llm_server.py",
+        "--plot",
+        str(tmp_path / "plot.png"),
+        *(f"--url={mode}={llm_server.url}" for mode in ours),
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "llm_server.json").read_text())
     assert {r["mode"] for r in result["summary"]} == CONTENDERS
     for run in result["runs"]:
         assert run["errors"] == 0 and run["output_tokens_per_s"] > 0
         assert run["ttft_p50"] <= run["latency_p50"]
     assert result["bare_prefill_ms"] > 0
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "llm_server.md").read_text() == markdown_table(result)
+    assert table == markdown_table(result)
 
 
 def test_published_table_is_rendered_from_published_json():

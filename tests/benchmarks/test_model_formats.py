@@ -2,31 +2,14 @@
 
 import json
 import re
-import subprocess
 import sys
 
 from helpers import REPO
 
 
-def test_quick_run(tmp_path, smollm2_dir):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "model_formats.py"),
-            "--quick",
-            "--out-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {
-        (r["model"], r["format"]): r
-        for r in json.loads((tmp_path / "model_formats.json").read_text())["rows"]
-    }
+def test_quick_run(run_quick, smollm2_dir):
+    result, _ = run_quick("model_formats.py")
+    rows = {(r["model"], r["format"]): r for r in result["rows"]}
     assert len(rows) == 10
     cosine = {
         f: float(r["agreement"].split()[1]) for (m, f), r in rows.items() if m == "all-MiniLM-L6-v2"

@@ -7,9 +7,10 @@ files import. The render hook compares it with the tree it builds from and print
 table, what has changed since the run.
 
 Local imports are followed statically, the way the scripts find them at run time: a file imports
-from its own folder, then from snippets/backends (the servers' shared kit, which other snippets
-put on sys.path), then from benchmarks/ (where the flywheel finds this module when it publishes).
-Whatever else is not in the standard library is an installed package.
+from its own folder, then from the folders others put on sys.path: snippets/backends (the servers'
+shared kit), snippets/planning (the calculator, for the capacity benchmarks) and benchmarks/
+(where the flywheel finds this module when it publishes). Whatever else is not in the standard
+library is an installed package.
 """
 
 import ast
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SEARCHED_AFTER_OWN_FOLDER = ("snippets/backends", "benchmarks")
+SEARCHED_AFTER_OWN_FOLDER = ("snippets/backends", "snippets/planning", "benchmarks")
 Reader = Callable[[str], bytes | None]  # a repository-relative path -> its bytes, None if absent
 
 

@@ -88,7 +88,7 @@ def test_a_snippet_imports_from_its_folder_then_the_servers_kit(provenance):
 
 
 def test_every_import_of_the_measured_code_resolves(provenance):
-    """The rule the hashes rely on (own folder, snippets/backends, benchmarks) holds for every snippet and
+    """The rule the hashes rely on (own folder, then SEARCHED_AFTER_OWN_FOLDER) holds for every snippet and
     benchmark: an import it cannot place is neither the standard library nor a package here."""
     providers = importlib.metadata.packages_distributions()
     unplaced = []

@@ -1,6 +1,7 @@
 """Turn a customer-needs spec into a costed deployment plan in Markdown, with the reasons.
 
     python snippets/planning/plan.py data/specs/internal-chat.yaml > plan.md
+    python snippets/planning/plan.py data/specs/internal-chat.yaml --write bundle/ > plan.md
 
 Steps 1 to 5 of the deployment path in one pass: validate the needs, read the model's config.json
 (a supported architecture only), size its memory in the format it will be served in, estimate each
@@ -12,8 +13,9 @@ and compare with an API. A spec that leaves `dtype` unset is served in bf16 if a
 if none does, the planner tries FP8 weights, then a published int4 checkpoint, then an FP8 KV cache,
 and says which it chose and what that costs in quality.
 
-make_plan() returns the plan as a dict, the engine settings included (see its docstring), for a
-tool that writes the deployment; plan() renders it as Markdown.
+make_plan() returns the plan as a dict, the engine settings included (see its docstring); plan()
+renders it as Markdown; --write DIR also writes the deployment bundle (bundle.py): the vLLM command,
+Kubernetes manifests and alerting rules.
 """
 
 import argparse
@@ -909,8 +911,16 @@ if __name__ == "__main__":
         description="Turn a customer-needs spec into a costed deployment plan"
     )
     parser.add_argument("spec", type=Path, help="the spec, a YAML file")
+    parser.add_argument(
+        "--write", type=Path, metavar="DIR", help="also write the deployment bundle into DIR"
+    )
     args = parser.parse_args()
+    import bundle  # imports this module: loaded here, not at the top
+
     try:
+        written = bundle.write(args.spec, args.write) if args.write else []
         print(plan(args.spec), end="")
-    except (SpecError, PlanError) as error:
+    except (SpecError, PlanError, bundle.BundleError) as error:
         sys.exit(str(error))
+    if written:
+        print(f"wrote {', '.join(p.name for p in written)} to {args.write}", file=sys.stderr)

@@ -54,10 +54,10 @@ class BundleError(ValueError):
 def model_to_serve(engine: dict, source: str) -> str:
     """What `vllm serve` loads: a Hub id (the checkpoint the plan chose), the folder of a local
     config.json, or the Hub repository a recorded config.json was read from."""
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", engine["model"]):
-        return engine["model"]
     if engine["model"].endswith("config.json"):
         return str(Path(engine["model"]).parent)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", engine["model"]):
+        return engine["model"]
     named = re.search(r"config\.json of ([\w.-]+/[\w.-]+)", source)
     if named:
         return named.group(1)
@@ -234,6 +234,7 @@ def deployment(plan: dict, engine: dict, name: str) -> dict:
 
 
 def service(name: str) -> dict:
+    """The Service in front of the pods: their named port, inside the cluster."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -304,6 +305,7 @@ def scaled_object(plan: dict, row: dict, name: str, prometheus: str) -> dict:
 
 
 def alert(name: str, expr: str, wait: str, severity: str, summary: str, check: str) -> dict:
+    """One Prometheus alerting rule; `check` says what to look at first."""
     return {
         "alert": name,
         "expr": expr,
@@ -314,6 +316,7 @@ def alert(name: str, expr: str, wait: str, severity: str, summary: str, check: s
 
 
 def p95_above(histogram: str, target_s: float) -> str:
+    """PromQL: the p95 of a vLLM histogram over 5 minutes, per model, above a target."""
     return (
         f"histogram_quantile(0.95,\n  sum by (job, model_name, le) "
         f'(rate({histogram}_bucket{{job="{JOB}"}}[5m]))) > {target_s:g}\n'
@@ -435,12 +438,14 @@ _Literal.add_representer(
 
 
 def to_yaml(*documents: dict) -> str:
+    """Documents as one YAML stream, keys in the order written."""
     return "---\n".join(
         yaml.dump(d, Dumper=_Literal, sort_keys=False, width=100) for d in documents
     )
 
 
 def rules_file(spec: dict, spec_path: Path) -> str:
+    """alert_rules.yml: the rules under a header that says where they come from."""
     header = (
         f"# Alerting rules for vLLM serving {spec['name']} ({Path(spec_path).name}), written by\n"
         "# snippets/planning/plan.py --write: thresholds from the spec, metric names vLLM 0.32\n"
@@ -456,6 +461,7 @@ def app_name(spec_path: Path) -> str:
 
 
 def readme(plan: dict, row: dict, why: str, name: str) -> str:
+    """README.md: which host each file is for, what is not pinned, how to apply it."""
     spec, chosen = plan["spec"], plan["chosen"]["host"]["name"]
     pinned = revision(plan["model"]["source"])
     revision_line = (
@@ -464,6 +470,11 @@ def readme(plan: dict, row: dict, why: str, name: str) -> str:
         else "The model revision is not pinned: the plan read the model's config.json from its "
         "main branch. Add `--revision <commit>` once you have checked that commit."
     )
+    if plan["engine"]["model"].endswith("config.json"):
+        revision_line += (
+            " The model is a local folder: mount it in the pods at the same path, or push it to "
+            "a model hub and serve it from there."
+        )
     return f"""# Deployment bundle: {spec["name"]}
 
 Written by `snippets/planning/plan.py --write`; the plan itself is what `plan.py` prints.

@@ -152,7 +152,8 @@ def vllm_verdicts(bundles, variants) -> dict:
 
 
 def test_plan_writes_the_bundle(bundles):
-    assert set(bundles) == {
+    """The four example specs of step 1 and the mixture-of-experts one, at least."""
+    assert set(bundles) >= {
         "embedding-api.yaml",
         "internal-chat.yaml",
         "moe-chat.yaml",
@@ -213,6 +214,7 @@ def test_quantised_and_local_models(variants):
     assert int4["--quantization"] == checkpoint["method"]
     assert shlex.split(deployment_command(variants["own-config"]))[2].endswith("my-model")
     assert own["--served-model-name"] == "my-model" and "--quantization" not in own
+    assert "The model is a local folder" in variants["own-config"]["README.md"]
 
 
 def test_bucket_lists_pass_vllms_own_validation(vllm_verdicts):

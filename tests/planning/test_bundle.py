@@ -379,7 +379,10 @@ def test_bad_input_is_one_line(tmp_path):
             [str(tmp_path / "nope.yaml"), "--write", str(tmp_path / "b")],
             "cannot read the spec",
         ),
-        "folder is a file": ([str(SPECS[0]), "--write", str(a_file)], "cannot write the bundle"),
+        "folder is a file": (
+            [str(SPECS[0].with_name("internal-chat.yaml")), "--write", str(a_file)],
+            "cannot write the bundle",
+        ),
     }
     for case, (args, message) in cases.items():
         proc = subprocess.run([sys.executable, plan_py, *args], capture_output=True, text=True)

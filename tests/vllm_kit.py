@@ -12,9 +12,20 @@ from helpers import free_port, serve_command
 from vllm_cpu import API_SERVER, VLLM_PYTHON, catalogue_command, command_argv, vllm_env
 
 # What the suite adds to the catalogue's command: eager mode starts in about half a minute instead
-# of two (no torch.compile), and float32 makes greedy output comparable token for token with this
-# guide's server and transformers.
-SUITE_FLAGS = ["--enforce-eager", "--dtype", "float32"]
+# of two (no torch.compile); float32 makes greedy output comparable token for token with this
+# guide's server and transformers; four sequences at most, so a burst shows vLLM's queue; and a
+# drain on SIGTERM, which the last test of the session sends (vLLM 0.32's default, 0, aborts).
+MAX_NUM_SEQS = 4
+SHUTDOWN_TIMEOUT = 30
+SUITE_FLAGS = [
+    "--enforce-eager",
+    "--dtype",
+    "float32",
+    "--max-num-seqs",
+    str(MAX_NUM_SEQS),
+    "--shutdown-timeout",
+    str(SHUTDOWN_TIMEOUT),
+]
 
 
 @contextlib.contextmanager

@@ -351,7 +351,7 @@ def main() -> None:
     closed, rates = ([8], [50]) if args.quick else ([1, 8, 32, 64], [50, 100, 200, 300])
     sizes = [16, 32, 64]
     tokenizer, model = load_model()
-    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 256 if args.quick else 2048)
+    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 64 if args.quick else 2048)
     workload = workloads.write(
         workloads.embedding_bodies(texts), Path(tempfile.mkdtemp()) / "embeddings.json"
     )

@@ -313,7 +313,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     repeats, n = (1, 4) if args.quick else (args.repeats, 16)
-    bodies = workloads.chat_bodies(n, longest=16 if args.quick else 256)
+    bodies = workloads.chat_bodies(n, longest=4 if args.quick else 256)
     work = Path(tempfile.mkdtemp())
     result = {
         "provenance": provenance([Path(__file__), SERVER, LOADGEN]),

@@ -15,6 +15,7 @@ serving layer installs.
 
     python benchmarks/peers.py            # full run: results/peers.json, peers.md, the page's plot
     python benchmarks/peers.py --quick    # one short repeat, for the test suite
+    python benchmarks/peers.py --only LitServe --only "this guide's LLM server"   # some contenders
 """
 
 import argparse
@@ -31,7 +32,18 @@ import numpy as np
 import torch
 import workloads
 from embedding_server import ceilings, load_model
-from harness import LOADGEN, REPO, Server, free_port, load, machine, median_of, spread
+from harness import (
+    LOADGEN,
+    REPO,
+    add_url_option,
+    contender,
+    contender_urls,
+    free_port,
+    load,
+    machine,
+    median_of,
+    spread,
+)
 from llm_server import MODEL_DIR, PEER_CACHE
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -245,11 +257,17 @@ def distributions(requirements: list[str]) -> int | str:
 
 
 def run_embeddings(
-    result: dict, workload: Path, levels: list[int], seconds: float, repeat: int
+    result: dict,
+    contenders: dict,
+    urls: dict,
+    workload: Path,
+    levels: list[int],
+    seconds: float,
+    repeat: int,
 ) -> None:
-    for name, (command, _, _) in embedding_contenders().items():
+    for name, (command, _, _) in contenders.items():
         port = free_port()
-        with Server([*command, "--port", str(port)], port, timeout=300) as server:
+        with contender(name, urls, [*command, "--port", str(port)], port, timeout=300) as server:
             result["startup_s"].setdefault(name, []).append(round(server.startup_s, 1))
             for concurrency in levels:
                 row = load(
@@ -280,12 +298,21 @@ def check_answered(name: str, concurrency: int, row: dict) -> None:
         )
 
 
-def run_llm(result: dict, bodies: list[dict], work: Path, levels: list[int], repeat: int) -> None:
-    for name, (command, model, _, _) in llm_contenders().items():
+def run_llm(
+    result: dict,
+    contenders: dict,
+    urls: dict,
+    bodies: list[dict],
+    work: Path,
+    levels: list[int],
+    repeat: int,
+) -> None:
+    for name, (command, model, _, _) in contenders.items():
         workload = workloads.write([{**b, "model": model} for b in bodies], work / "chat.json")
         port = free_port()
         ready = "/v1/models" if "llama" in name else "/health"
-        with Server([*command, "--port", str(port)], port, ready_path=ready, timeout=600) as server:
+        command = [*command, "--port", str(port)]
+        with contender(name, urls, command, port, ready_path=ready, timeout=600) as server:
             result["startup_s"].setdefault(name, []).append(round(server.startup_s, 1))
             for concurrency in levels:
                 row = load(
@@ -426,6 +453,15 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def chosen(parser, only: list[str], *groups: dict) -> list[dict]:
+    """Each group of contenders cut down to the names in `only` (all of them when it is empty); a
+    parser error for a name that is in no group."""
+    known = [name for group in groups for name in group]
+    if unknown := set(only) - set(known):
+        parser.error(f"--only {sorted(unknown)}: unknown; contenders are {known}")
+    return [{n: c for n, c in group.items() if not only or n in only} for group in groups]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one short repeat, for the test suite")
@@ -434,7 +470,17 @@ def main() -> None:
     parser.add_argument(
         "--plot", type=Path, default=REPO / "docs" / "backends" / "img" / "peers.png"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="CONTENDER",
+        help="run only these; repeatable",
+    )
+    add_url_option(parser)
     args = parser.parse_args()
+    embedders, llms = chosen(parser, args.only, embedding_contenders(), llm_contenders())
+    urls = contender_urls(parser, args, {**embedders, **llms})
     if not MODEL_DIR.exists():
         raise SystemExit(
             f"{MODEL_DIR} missing: run python snippets/servable_model/gguf_to_safetensors.py"
@@ -443,11 +489,11 @@ def main() -> None:
     repeats, seconds, levels = (1, 2, [8]) if args.quick else (args.repeats, 10, [1, 8, 32, 64])
     work = Path(tempfile.mkdtemp())
     tokenizer, model = load_model()
-    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 256 if args.quick else 2048)
+    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 64 if args.quick else 2048)
     embedding_workload = workloads.write(
         workloads.embedding_bodies(texts), work / "embeddings.json"
     )
-    bodies = workloads.chat_bodies(4 if args.quick else 16, longest=16 if args.quick else 256)
+    bodies = workloads.chat_bodies(4 if args.quick else 16, longest=4 if args.quick else 256)
     result = {
         "provenance": provenance(measured(), ("transformers", "llama-cpp-python")),
         "quick": args.quick,
@@ -462,8 +508,8 @@ def main() -> None:
     }
     for repeat in range(repeats):
         result["ceilings"].append(ceilings(tokenizer, model, texts, [16, 32, 64]))
-        run_embeddings(result, embedding_workload, levels, seconds, repeat)
-        run_llm(result, bodies, work, [8] if args.quick else [1, 8], repeat)
+        run_embeddings(result, embedders, urls, embedding_workload, levels, seconds, repeat)
+        run_llm(result, llms, urls, bodies, work, [8] if args.quick else [1, 8], repeat)
     summarise(result)
     publish("peers", result, markdown_table(result), args.out_dir, plot, args.plot)
 

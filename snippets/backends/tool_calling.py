@@ -201,7 +201,7 @@ def check_parameters(index: int, schema: dict, tokenizer: llguidance.LLTokenizer
     both accept; else a 400 naming `tools[i].function.parameters`."""
     param = f"tools[{index}].function.parameters"
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        jsonschema.Draft202012Validator.check_schema(schema)  # what OpenAI's API takes
         error = llguidance.LLMatcher.validate_grammar(
             llguidance.LLMatcher.grammar_from_json_schema(schema), tokenizer
         )
@@ -251,6 +251,8 @@ async def tool_use(thread: ThreadPoolExecutor, tokenizer: llguidance.LLTokenizer
         if not forced:
             return ()
         grammar = llguidance.LLMatcher.grammar_from_lark(call_grammar(functions))
+        if error := llguidance.LLMatcher.validate_grammar(grammar, tokenizer):
+            raise ApiError(400, f"Invalid 'tools': {error}", param="tools", code="invalid_schema")
         return (GrammarMask(llguidance.LLMatcher(tokenizer, grammar)),)
 
     mask = await asyncio.get_running_loop().run_in_executor(thread, prepare)

@@ -6,6 +6,7 @@ resolves against the results files as they are."""
 import re
 import sys
 
+import pytest
 import yaml
 from helpers import REPO
 
@@ -92,5 +93,8 @@ def test_every_placeholder_on_the_pages_resolves():
     import render_data
 
     for page, text in pages().items():
-        rendered = render_data.render(text)
+        try:
+            rendered = render_data.render(text)
+        except (ValueError, TypeError, OSError) as error:
+            pytest.fail(f"docs/{page}: {error}")
         assert "<!-- result:" not in rendered and "<!-- figure:" not in rendered, page

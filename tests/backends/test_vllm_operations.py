@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import requests
 import vllm_limits
 from helpers import load_snippet
 from vllm_kit import MAX_NUM_SEQS
@@ -40,6 +41,17 @@ def test_a_burst_over_max_num_seqs_waits_in_vllms_queue(vllm_chat):
     assert queue["queue_time_count"] == 2 * MAX_NUM_SEQS
     assert queue["queue_time_mean_s"] > 0
     assert queue["ttft_slowest_s"] > 2 * queue["ttft_fastest_wave_s"]
+
+
+def test_every_vllm_metric_the_alert_rules_and_queries_use_is_in_its_scrape(vllm_chat):
+    """Names read from the rule and query files themselves; after one answered request, so the
+    per-request histograms and counters have samples. A rename in a vLLM release fails here."""
+    names = load_snippet("visualisation/vllm_metric_names.py")
+    hi = [{"role": "user", "content": "Hi"}]
+    body = {"model": "SmolLM2-135M-Instruct", "messages": hi, "max_tokens": 8}
+    requests.post(f"{vllm_chat.url}/v1/chat/completions", json=body, timeout=60).raise_for_status()
+    assert len(names.vllm_metric_names()) >= 6
+    assert names.missing(vllm_chat.url) == set()
 
 
 @pytest.mark.stops_vllm

@@ -89,14 +89,15 @@ def serve_arguments(command: str) -> list[str]:
     raise ValueError(f"not a vLLM start command: {command}")
 
 
-VLLM_COMMAND = re.compile(r"^\s*(vllm serve|python -m vllm\.entrypoints\.openai\.api_server)\b")
+VLLM_COMMAND = re.compile(
+    r"(?:^|[\s/])((?:vllm serve|python -m vllm\.entrypoints\.openai\.api_server)\b.*)"
+)
+FENCED = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
-def commands_in(text: str) -> list[str]:
-    """Every vLLM start command in a page or file, its backslash continuations joined."""
-    joined = re.sub(r"\\\n\s*", " ", text)
-    return [
-        line.strip().strip("`")
-        for line in joined.splitlines()
-        if VLLM_COMMAND.match(line.strip().strip("`"))
-    ]
+def commands_in(page: str) -> list[str]:
+    """Every vLLM start command in a page's code blocks, continuation lines joined and whatever
+    precedes the launcher (environment settings, a venv's bin/) left out."""
+    code = "\n".join(FENCED.findall(page))
+    joined = re.sub(r"\\\n\s*", " ", code)
+    return [m.group(1).strip() for line in joined.splitlines() if (m := VLLM_COMMAND.search(line))]

@@ -4,6 +4,7 @@ the conversation graph from the request log.
     LLM_SERVER_URL=http://127.0.0.1:8000 EMBEDDING_SERVER_URL=http://127.0.0.1:8001 \\
     REQUEST_LOG=requests.db streamlit run snippets/visualisation/dashboard.py
 
+With LLM_ENGINE=vllm the LLM charts read vLLM's own metric names instead of this guide's.
 Every setting can also be changed in the sidebar. The dashboard keeps the scrapes of the last ten
 minutes in the browser session; Prometheus and Grafana do the same job for history longer than
 that. It imports its two neighbours, dashboard_queries.py and conversation_graph.py.
@@ -150,6 +151,9 @@ def conversation_view(log_path: str, shown: int = 20) -> None:
 st.set_page_config(page_title="Operations dashboard", layout="wide")
 with st.sidebar:
     llm_url = st.text_input("LLM server", os.environ.get("LLM_SERVER_URL", "http://127.0.0.1:8000"))
+    engines = ["this guide's server", "vLLM"]
+    default_engine = 1 if os.environ.get("LLM_ENGINE") == "vllm" else 0
+    llm_engine = st.selectbox("LLM engine (its metric names)", engines, index=default_engine)
     embedding_url = st.text_input(
         "Embedding server", os.environ.get("EMBEDDING_SERVER_URL", "http://127.0.0.1:8001")
     )
@@ -166,7 +170,7 @@ def live() -> None:
     server_view(
         "LLM server",
         llm_url.rstrip("/"),
-        queries.llm_point,
+        queries.vllm_point if llm_engine == "vLLM" else queries.llm_point,
         LLM_CHARTS,
         ["requests/s", "errors/s (5xx)", "TTFT p95 (s)", "TPOT p95 (s)", "waiting sequences"],
         window_s,

@@ -117,6 +117,23 @@ def llm_point(old: Scrape, new: Scrape) -> dict:
     }
 
 
+def vllm_point(old: Scrape, new: Scrape) -> dict:
+    """The same LLM charts from the names vLLM exports, so the dashboard watches vLLM too.
+    Requests are those vLLM finished (any reason); HTTP 4xx and 5xx come from its HTTP metrics."""
+    return {
+        "requests/s": rate(old, new, "vllm:request_success_total"),
+        "errors/s (5xx)": rate(old, new, "http_requests_total", status="5"),
+        "rejected/s (4xx)": rate(old, new, "http_requests_total", status="4"),
+        "TTFT p50 (s)": quantile(0.5, old, new, "vllm:time_to_first_token_seconds"),
+        "TTFT p95 (s)": quantile(0.95, old, new, "vllm:time_to_first_token_seconds"),
+        "TPOT p50 (s)": quantile(0.5, old, new, "vllm:request_time_per_output_token_seconds"),
+        "TPOT p95 (s)": quantile(0.95, old, new, "vllm:request_time_per_output_token_seconds"),
+        "output tokens/s": rate(old, new, "vllm:generation_tokens_total"),
+        "running sequences": total(new.samples, "vllm:num_requests_running"),
+        "waiting sequences": total(new.samples, "vllm:num_requests_waiting"),
+    }
+
+
 def embedding_point(old: Scrape, new: Scrape) -> dict:
     """One point of each embedding server chart, over the window between two scrapes."""
     return {

@@ -110,3 +110,29 @@ def test_feedback_by_version(tmp_path):
     ]
     since_day_one = queries.feedback_by_version(str(path), bucket_s=DAY, since=DAY)
     assert [row["model_version"] for row in since_day_one] == ["v1", "v2"]
+
+
+def test_the_vllm_view_reads_the_suites_running_vllm(vllm_chat):
+    """LLM_ENGINE=vllm: the same charts from vLLM's own names, scraped before and after real
+    traffic (two answers of 8 tokens and one refused request)."""
+    import requests
+    from helpers import wait_until
+
+    chat = f"{vllm_chat.url}/v1/chat/completions"
+    hi = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}]}
+    old = queries.scrape(vllm_chat.url)
+    for _ in range(2):
+        requests.post(chat, json={**hi, "max_tokens": 8, "ignore_eos": True}, timeout=60)
+    assert requests.post(chat, json={**hi, "max_tokens": -1}, timeout=60).status_code == 400
+
+    def finished_both():
+        new = queries.scrape(vllm_chat.url)
+        return new if queries.increase(old, new, "vllm:request_success_total") >= 2 else None
+
+    new = wait_until(finished_both, timeout=10)  # vLLM records a request just after its answer
+    point = queries.vllm_point(old, new)
+    assert point["requests/s"] > 0 and point["rejected/s (4xx)"] > 0
+    assert point["errors/s (5xx)"] == 0
+    assert point["TTFT p95 (s)"] > 0 and point["TPOT p95 (s)"] > 0
+    assert point["output tokens/s"] > 0
+    assert point["running sequences"] == 0 and point["waiting sequences"] == 0

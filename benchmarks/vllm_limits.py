@@ -9,7 +9,9 @@ running vLLM.
 """
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -43,8 +45,20 @@ def too_small_start(folder: Path, max_model_len: int = 2048) -> dict:
         str(max_model_len),
     )
     started = time.perf_counter()
-    run = subprocess.run(argv, env=vllm_env(None), capture_output=True, text=True, timeout=300)
-    said = re.search(r"To serve at least one request.*", run.stdout + run.stderr)
+    with subprocess.Popen(
+        argv,
+        env=vllm_env(None),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its engine process too is stopped if it hangs
+    ) as run:
+        try:
+            output, _ = run.communicate(timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+    said = re.search(r"To serve at least one request.*", output)
     config = json.loads((folder / "config.json").read_text())
     return {
         "exit_code": run.returncode,

@@ -356,6 +356,13 @@ def summarise(result: dict) -> None:
     result["startup_median_s"] = {
         name: float(np.median(values)) for name, values in result["startup_s"].items()
     }
+    about = {
+        **{n: (f, d) for n, (_, f, d) in embedding_contenders().items()},
+        **{n: (f, d) for n, (_, _, f, d) in llm_contenders().items()},
+    }
+    measured = result["startup_s"]
+    result["lines_you_write"] = {n: lines_of_code(about[n][0]) for n in measured}
+    result["distributions"] = {n: distributions(about[n][1]) for n in measured}
 
 
 def markdown_table(result: dict) -> str:

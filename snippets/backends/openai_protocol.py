@@ -36,11 +36,33 @@ def text_of_parts(content: Any) -> Any:
     return "".join(part["text"] for part in content)
 
 
+def shapes_by_role(schema: dict) -> None:
+    """A message's OpenAPI schema, one shape per role as OpenAI documents it (the validation stays
+    Message's and check_tool_fields'): client generators and fuzzers then build what is taken."""
+    text, calls = {"type": "string"}, schema["properties"]["tool_calls"]["anyOf"][0]
+
+    def shape(roles: list[str], required: list[str], **more) -> dict:
+        properties = {"role": {"enum": roles}, "name": text, **more}
+        required = ["role", *required]
+        return {"properties": properties, "required": required, "additionalProperties": False}
+
+    schema["oneOf"] = [
+        shape(["system", "user"], ["content"], content=text),
+        shape(["assistant"], ["content"], content=text),
+        shape(
+            ["assistant"], ["tool_calls"], content={"type": ["string", "null"]}, tool_calls=calls
+        ),
+        shape(["tool"], ["content", "tool_call_id"], content=text, tool_call_id=text),
+    ]
+    for key in ("properties", "required", "additionalProperties"):
+        del schema[key]
+
+
 class Message(BaseModel):
     """One turn. Content is required but for an assistant turn that made tool calls; a `tool`
     turn answers one of them by its id (check_tool_fields says so by name)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=shapes_by_role)
     role: Literal["system", "user", "assistant", "tool"]
     content: Annotated[str | None, BeforeValidator(text_of_parts)] = None
     name: str | None = None
@@ -81,7 +103,11 @@ class ChatRequest(BaseModel):
     """The body of POST /v1/chat/completions. Unknown fields are refused; fields the OpenAI API
     has but this server does not implement are accepted by the schema and refused by name."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"dependentRequired": {"tool_choice": ["tools"]}},
+    )
     model: Annotated[str, Field(json_schema_extra={"enum": [MODEL_ID]})]  # another name: 404
     messages: Annotated[list[Message], Field(min_length=1)]
     max_tokens: int | None = Field(None, ge=1)

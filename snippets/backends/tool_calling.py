@@ -35,7 +35,10 @@ class FunctionDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     description: str | None = None
-    parameters: dict = Field(default_factory=lambda: dict(NO_PARAMETERS))  # a JSON Schema
+    parameters: dict = Field(  # a JSON Schema of an object
+        default_factory=lambda: dict(NO_PARAMETERS),
+        json_schema_extra={"properties": {"type": {"const": "object"}}, "required": ["type"]},
+    )
     strict: bool | None = None  # the arguments always fit the schema when a call is forced
 
 

@@ -133,6 +133,7 @@ def llm_contenders() -> dict:
                 "backends/structured_output.py",
                 "backends/tgi_route.py",
                 "backends/benchmark_dialect.py",
+                "backends/tool_calling.py",
                 "backends/server_kit.py",
                 "backends/request_log.py",
             ],

@@ -99,9 +99,9 @@ def test_the_protocol_bounds_what_the_sampler_cannot_honour():
         with pytest.raises(ValueError, match=field):
             protocol.ChatRequest.model_validate({**body, field: value})
     assert protocol.ChatRequest.model_validate({**body, "seed": 2**63 - 1}).seed == 2**63 - 1
-    with pytest.raises(protocol.ApiError, match="'tools' is not supported"):
+    with pytest.raises(protocol.ApiError, match="'functions' is not supported"):
         protocol.check_request(
-            protocol.ChatRequest.model_validate({**body, "tools": [{"type": "function"}]})
+            protocol.ChatRequest.model_validate({**body, "functions": [{"name": "f"}]})
         )
 
 

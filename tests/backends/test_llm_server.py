@@ -327,9 +327,9 @@ BAD = [
     ),
     (
         "unsupported parameter",
-        {"model": MODEL, "messages": HI, "tools": [{"type": "function"}]},
+        {"model": MODEL, "messages": HI, "functions": [{"name": "f"}]},
         400,
-        "'tools' is not supported",
+        "'functions' is not supported",
     ),
     ("n above 1", {"model": MODEL, "messages": HI, "n": 2}, 400, "Invalid 'n'"),
     (

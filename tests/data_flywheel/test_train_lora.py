@@ -14,6 +14,7 @@ The vLLM tests need the suite's vLLM started with `--enable-lora --lora-modules
 intent=<this adapter> --max-lora-rank 8 --max-loras 2` and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.
 """
 
+import contextlib
 import hashlib
 import json
 import re
@@ -46,6 +47,19 @@ def published() -> dict:
 def merged(train_lora, smollm2_dir):
     """peft's model: the committed adapter merged into its own copy of the base weights."""
     return train_lora.merged_adapter(smollm2_dir, ADAPTER)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with `n` torch threads, then restore the session's. The published run's
+    count splits sums the same way; and on a machine whose cores are busy (vLLM beside the
+    tests), one thread does the references' small steps many times faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def sha256(path) -> str:
@@ -104,15 +118,12 @@ def test_the_adapter_changes_answers_and_raises_accuracy_as_published(
     heldout = train_lora.load_split("heldout")
     answers = published["answers"]
     assert [a["text"] for a in answers] == [row["text"] for row in heldout]
-    sample, threads = heldout[:SAMPLE], torch.get_num_threads()
-    torch.set_num_threads(published["threads"])  # as the run did: sums split the same way
-    try:
+    sample = heldout[:SAMPLE]
+    with torch_threads(published["threads"]):
         again = {
             "base": train_lora.predictions(base, tokenizer, sample),
             "adapter": train_lora.predictions(merged, tokenizer, sample),
         }
-    finally:
-        torch.set_num_threads(threads)
     for model, answered in again.items():
         assert answered == [a[model] for a in answers[:SAMPLE]], model
 
@@ -169,18 +180,19 @@ def test_vllms_adapter_agrees_with_peft_and_leaves_base_requests_alone(
             BASE: (base, to_base, list(base_texts)),
         }
     for name, (reference_model, prompts, texts) in sides.items():
-        rows = [
-            {
-                name: agreement.compare(
-                    tokenizer,
-                    reference_model,
-                    prompt,
-                    agreement.reference(tokenizer, reference_model, prompt),
-                    text,
-                )
-            }
-            for prompt, text in zip(prompts, texts, strict=True)
-        ]
+        with torch_threads(1):
+            rows = [
+                {
+                    name: agreement.compare(
+                        tokenizer,
+                        reference_model,
+                        prompt,
+                        agreement.reference(tokenizer, reference_model, prompt),
+                        text,
+                    )
+                }
+                for prompt, text in zip(prompts, texts, strict=True)
+            ]
         verdict = agreement.verdict(rows, name)
         assert verdict["holds"], (name, verdict, rows)
 

@@ -126,11 +126,12 @@ def llm_server(smollm2_dir, tmp_path_factory, chat_page_origin):
 @pytest.fixture(scope="session")
 def vllm_chat(smollm2_dir):
     """vLLM serving SmolLM2 with the catalogue's command, started once for the session (about
-    half a minute, eager, in float32): the same client snippets and checks run against it as
-    against this guide's LLM server."""
-    from vllm_kit import SUITE_FLAGS, start_vllm
+    half a minute, eager, in float32), with tool calling and the intent LoRA adapter: the same
+    client snippets and checks run against it as against this guide's LLM server."""
+    from vllm_kit import CHAT_FLAGS, RUNTIME_LORA, SUITE_FLAGS, start_vllm
 
-    with start_vllm("start", smollm2_dir, *SUITE_FLAGS, kv_cache_gib=1) as handle:
+    flags = [*SUITE_FLAGS, *CHAT_FLAGS]
+    with start_vllm("start", smollm2_dir, *flags, kv_cache_gib=1, env=RUNTIME_LORA) as handle:
         yield handle
 
 

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from helpers import free_port, serve_command
+from helpers import REPO, free_port, serve_command
 from vllm_cpu import API_SERVER, VLLM_PYTHON, catalogue_command, command_argv, vllm_env
 
 # What the suite adds to the catalogue's command: eager mode starts in about half a minute instead
@@ -28,17 +28,40 @@ SUITE_FLAGS = [
 ]
 
 
+# The chat server's features (features.md): tool calling with the flags vLLM's documentation
+# gives (a parser even for a named function), and the intent LoRA adapter beside the base model,
+# with room for a second loaded at run time.
+ADAPTER = REPO / "snippets" / "data_flywheel" / "adapters" / "intent-lora"
+CHAT_FLAGS = [
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "hermes",
+    "--enable-lora",
+    "--lora-modules",
+    f"intent={ADAPTER}",
+    "--max-lora-rank",
+    "8",
+    "--max-loras",
+    "2",
+]
+RUNTIME_LORA = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+
+
 @contextlib.contextmanager
 def start_vllm(
-    field: str, folder: Path, *flags: str, kv_cache_gib: int = 1, startup_timeout: float = 240
+    field: str,
+    folder: Path,
+    *flags: str,
+    kv_cache_gib: int = 1,
+    env: dict | None = None,
+    startup_timeout: float = 240,
 ):
     """Start vLLM with the catalogue's command `field` (`start`, `start_embeddings`) serving
-    `folder` on a free loopback port, `flags` added; yield its handle."""
+    `folder` on a free loopback port, `flags` and `env` added; yield its handle."""
     port = free_port()
     argv = [*command_argv(catalogue_command(field), folder, *flags), "--port", str(port)]
-    with serve_command(
-        argv, port, env=vllm_env(kv_cache_gib), startup_timeout=startup_timeout
-    ) as handle:
+    environment = {**vllm_env(kv_cache_gib), **(env or {})}
+    with serve_command(argv, port, env=environment, startup_timeout=startup_timeout) as handle:
         yield handle
 
 

@@ -269,13 +269,18 @@ def peak_window_example(spec_name: str = "internal-chat") -> str:
     )
 
 
+def embedding_target_ms() -> float:
+    """The p95 latency target of the embedding example spec, which its CPU capacity is read at."""
+    return load("specs/embedding-api")["latency_p95_ms"]
+
+
 def embedding_replicas_example() -> str:
-    """The replica arithmetic of the embedding plan, from the measured CPU throughput."""
-    rps = planner.measured_cpu_embeddings_rps()
+    """The replica arithmetic of the embedding plan, from the measured CPU capacity at its target."""
+    rps = planner.measured_cpu_embeddings_rps(embedding_target_ms())
     replicas = planner.budget.replicas_needed(600, rps, 0.7, spare=1)
     return (
         f"600 requests/s at peak over {rps:g} requests/s measured per replica "
-        f"([benchmark](../backends/batching.md#measured-gain)) at 70 % busy, plus one spare: "
+        f"([capacity at {embedding_target_ms():g} ms p95](../planning/index.md#capacity-at-the-latency-target)) at 70 % busy, plus one spare: "
         f"ceil(600 / ({rps:g} x 0.7)) + 1 = **{replicas} replicas**; always on at $0.1785 an hour, "
         f"{replicas} x 730 h x $0.1785 = **${planner.budget.always_on_monthly(0.1785, replicas):,.0f} a month**.\n"
     )
@@ -308,7 +313,7 @@ FIGURES = {  # inline figures a sentence may quote with <!-- figure: name -->, r
     "converted_load_s": lambda: (
         f"{format_row('SmolLM2-135M-Instruct', 'safetensors float32')['load_s']:.2f} s"
     ),
-    "embedding_rps": lambda: f"{planner.measured_cpu_embeddings_rps():g}",
+    "embedding_rps": lambda: f"{planner.measured_cpu_embeddings_rps(embedding_target_ms()):g}",
     "llm_pickle_load_ratio": lambda: (
         f"{format_row('SmolLM2-135M-Instruct', 'pickle')['load_s'] / format_row('SmolLM2-135M-Instruct', 'safetensors float32')['load_s']:.0f}"
     ),

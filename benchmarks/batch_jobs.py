@@ -12,7 +12,7 @@ spec's targets (data/specs/internal-chat.yaml). Both run the catalogue's engine 
 host's hourly price over the output tokens an hour holds at each rate.
 
     python benchmarks/batch_jobs.py            # writes results/batch_jobs.json and .md
-    python benchmarks/batch_jobs.py --quick    # 8 short requests, two levels, eager: it runs
+    python benchmarks/batch_jobs.py --quick    # the page's file as it is; 8 online, eager
 """
 
 import argparse
@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="requests per run (64)")
     parser.add_argument("--host", default=DEFAULT_HOST, help="a host's name in data/hosts.yaml")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--answers", type=Path, help="where the batch runner writes its answers")
     add_url_option(parser)
     args = parser.parse_args()
     urls = contender_urls(parser, args, [ONLINE])
@@ -162,15 +163,19 @@ def main() -> None:
         parser.error("--requests must be at least 1")
     started = provenance([Path(__file__), LOADGEN, BATCH, SPEC, HOSTS])
     spec, price = yaml.safe_load(SPEC.read_text()), host_price(args.host)
-    n, max_tokens = (8, 16) if args.quick else (args.requests, spec["output_tokens"])
-    levels, flags = ([1, 4], ["--enforce-eager"]) if args.quick else (LEVELS, [])
+    levels, flags = ([4], ["--enforce-eager"]) if args.quick else (LEVELS, [])
     folder = Path(tempfile.mkdtemp())
-    requests = bodies(n, max_tokens)
-
-    batch = write_batch_file(requests, folder / "batch.jsonl")
-    argv = offline_argv(batch, folder / "answers.jsonl", MODEL_DIR, *ENGINE_FLAGS, *flags)
+    if args.quick:  # the page's own file, as a reader runs it
+        batch = BATCH
+        requests = [json.loads(line)["body"] for line in BATCH.read_text().splitlines()]
+    else:
+        requests = bodies(args.requests, spec["output_tokens"])
+        batch = write_batch_file(requests, folder / "batch.jsonl")
+    n, max_tokens = len(requests), max(body["max_tokens"] for body in requests)
+    output = args.answers or folder / "answers.jsonl"
+    argv = offline_argv(batch, output, MODEL_DIR, *ENGINE_FLAGS, *flags)
     seconds = run_offline(argv, kv_cache_gib=4)
-    answers = [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines()]
+    answers = [json.loads(line) for line in output.read_text().splitlines()]
     tokens = sum(a["response"]["body"]["usage"]["completion_tokens"] for a in answers)
     offline = {"seconds": round(seconds, 2), "output_tokens": tokens}
     offline["output_tokens_per_s"] = round(tokens / seconds, 1)
@@ -188,7 +193,7 @@ def main() -> None:
                 "/v1/chat/completions",
                 workload,
                 concurrency=concurrency,
-                max_requests=n,
+                max_requests=8 if args.quick else n,
                 max_seconds=3600,
             )
             level["concurrency"] = concurrency

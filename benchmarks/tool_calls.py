@@ -5,10 +5,12 @@ the arguments as JSON (no constraint at all).
 Each mode sends the same requests: questions cycling over two tools, sampled at temperature 1.0
 with a seed per request, a fixed max_tokens. An answer counts as a call when its finish_reason is
 "tool_calls", its content null, and its arguments parse and fit the tool's parameter schema; for
-the unconstrained contrast, when its text parses and fits. The run also sends a tool whose
+the unconstrained contrast, when its text parses and fits. A request the server refuses counts
+as no call, and the first refusal of each mode is recorded. The run also sends a tool whose
 parameter schema is invalid and records what the server answers.
 
     python benchmarks/tool_calls.py                 # starts this guide's server (bfloat16)
+    python benchmarks/tool_calls.py --vllm          # starts vLLM with the page's tool flags
     python benchmarks/tool_calls.py --url http://127.0.0.1:8001 --engine vLLM --model NAME
     python benchmarks/tool_calls.py --quick         # 5 requests per mode, to check the script
 
@@ -27,12 +29,16 @@ import requests
 import workloads
 from harness import REPO, Server, free_port, machine
 from llm_server import MODEL_DIR
-from openai import AsyncOpenAI
+from openai import APIStatusError, AsyncOpenAI
 from provenance import provenance
 from publish import publish
+from vllm_cpu import vllm_command
 
 SERVER = REPO / "snippets" / "backends" / "llm_server.py"
 OURS = "this guide's server"
+VLLM = "vLLM (vllm-cpu 0.32, eager)"
+# The flags docs/backends/features.md gives for tool calling with a Hermes-style model.
+VLLM_TOOL_FLAGS = ["--enforce-eager", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
 MAX_TOKENS = 64
 CONCURRENCY = 4
 UNITS = {"enum": ["km", "mi"]}
@@ -126,17 +132,25 @@ def valid(text: str, schema: dict | None) -> bool:
 async def run_mode(client: AsyncOpenAI, model: str, mode: str, n: int) -> dict:
     gate = asyncio.Semaphore(CONCURRENCY)
 
+    refusals = []
+
     async def one(i: int) -> dict:
         async with gate:
-            reply = await client.chat.completions.create(
-                model=model, max_tokens=MAX_TOKENS, temperature=1.0, seed=i, **request(mode, i)
-            )
+            try:
+                reply = await client.chat.completions.create(
+                    model=model, max_tokens=MAX_TOKENS, temperature=1.0, seed=i, **request(mode, i)
+                )
+            except APIStatusError as error:
+                refusals.append(f"HTTP {error.status_code}: {error.message}"[:300])
+                return {"tool_calls": False, "content_null": False, "valid": False}
         return judge(i, reply.choices[0])
 
     answers = await asyncio.gather(*(one(i) for i in range(n)))
     counts = {key: sum(a[key] for a in answers) for key in ("tool_calls", "content_null", "valid")}
     counts["all_three"] = sum(all(a.values()) for a in answers)
-    return {"requests": n, **counts, "share": round(counts["all_three"] / n, 3)}
+    counts["refused"] = len(refusals)
+    first = {"first_refusal": refusals[0]} if refusals else {}
+    return {"requests": n, **counts, "share": round(counts["all_three"] / n, 3), **first}
 
 
 def invalid_schema_answer(url: str, model: str) -> dict:
@@ -163,20 +177,25 @@ def measure(url: str, model: str, n: int) -> dict:
 
 def markdown_table(result: dict) -> str:
     header = "| engine | tool_choice | requests | finish_reason tool_calls | content null |"
-    lines = [header + " valid arguments | all three |", "|---|---|---:|---:|---:|---:|---:|"]
+    header += " valid arguments | all three | refused |"
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    refusals = []
     for engine, entry in result["engines"].items():
         for mode, row in entry["modes"].items():
             label = "none: arguments asked for in words" if mode == "unconstrained" else mode
             lines.append(
                 f"| {engine} | {label} | {row['requests']} | {row['tool_calls']} "
-                f"| {row['content_null']} | {row['valid']} | {row['all_three']} |"
+                f"| {row['content_null']} | {row['valid']} | {row['all_three']} "
+                f"| {row.get('refused', 0)} |"
             )
+            if "first_refusal" in row:
+                refusals.append(f"- {engine}, {label}: `{row['first_refusal'][:200]}`")
     settings = (
         f"Temperature 1.0 with a seed per request, max_tokens {result['max_tokens']}, "
         f"{CONCURRENCY} requests at a time. Valid arguments: the call's arguments (with no call, "
         "the answer's text) parse as JSON and fit the tool's parameter schema."
     )
-    lines += ["", settings, ""]
+    lines += ["", settings, "", *refusals]
     for engine, entry in result["engines"].items():
         bad = entry["invalid_schema"]
         lines.append(
@@ -191,20 +210,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 requests per mode")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--vllm", action="store_true", help="start vLLM instead of this server")
     parser.add_argument("--url", help="measure the server already running here (e.g. vLLM)")
     parser.add_argument("--engine", help=f"its name in the results (default: {OURS!r})")
     parser.add_argument("--model", default=workloads.CHAT_MODEL, help="the served model's name")
     args = parser.parse_args()
     if args.url and not args.engine:
         parser.error("--url needs --engine: the name its figures go under")
-    engine, n = args.engine or OURS, 5 if args.quick else 50
-    started = provenance([Path(__file__), SERVER])
+    engine, n = args.engine or (VLLM if args.vllm else OURS), 5 if args.quick else 50
+    started = provenance([Path(__file__), SERVER], ("vllm-cpu",) if args.vllm else ())
     if args.url:
         entry = measure(args.url.rstrip("/"), args.model, n)
     else:
         port = free_port()
-        command = [sys.executable, str(SERVER), "--port", str(port), "--model", str(MODEL_DIR)]
-        with Server(command, port) as server:
+        command = [sys.executable, str(SERVER), "--model", str(MODEL_DIR)]
+        if args.vllm:
+            command = vllm_command("start", MODEL_DIR, *VLLM_TOOL_FLAGS)
+        with Server([*command, "--port", str(port)], port, timeout=600) as server:
             entry = measure(server.url, args.model, n)
     entry.update(commit=started["commit"], date=started["date"][:10], url=args.url or "started")
     previous = args.out_dir / "tool_calls.json"

@@ -102,6 +102,7 @@ bench: install $(VLLM_STAMP) $(GUIDELLM_STAMP)
 	# No wheel: builds from source (minutes). A native build on a Xeon with AMX segfaulted on every
 	# prompt longer than one token (llama.cpp issue 20824 looks alike): build for AVX2 instead.
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PY) -m pip install -q llama-cpp-python[server]==$(LLAMA_CPP_VERSION)
+	$(MAKE) $(LLAMA_SERVER)
 	$(PY) benchmarks/peers.py
 	$(PY) benchmarks/llm_sweep.py
 	# vLLM beside this guide's servers: agreement, capacity at the SLO, its limits, the features.
@@ -117,6 +118,19 @@ bench: install $(VLLM_STAMP) $(GUIDELLM_STAMP)
 	rm -rf .cache/flywheel-run && $(PY) snippets/data_flywheel/flywheel_loop.py --out .cache/flywheel-run --publish
 	# The fuzzing of `make test`, longer: 200 generated requests per route and server.
 	FUZZ_EXAMPLES=200 $(VENV)/bin/pytest -q tests/backends/test_fuzzing.py
+
+# llama.cpp's own server (parallel slots, continuous batching), built with CMake from the llama.cpp
+# source that llama-cpp-python's sdist vendors, so both llama.cpp contenders run the same code.
+LLAMA_SERVER := .cache/llama-server/build/bin/llama-server
+LLAMA_SDIST  := llama_cpp_python-$(LLAMA_CPP_VERSION)
+
+$(LLAMA_SERVER):
+	mkdir -p .cache/llama-server
+	cd .cache/llama-server && $(CURDIR)/$(PY) -m pip download -q --no-deps --no-binary :all: \
+	  llama-cpp-python==$(LLAMA_CPP_VERSION) -d . && tar -xzf $(LLAMA_SDIST).tar.gz
+	cmake -S .cache/llama-server/$(LLAMA_SDIST)/vendor/llama.cpp -B .cache/llama-server/build -G Ninja \
+	  -DCMAKE_BUILD_TYPE=Release $(LLAMA_CPP_CMAKE_ARGS) -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF
+	cmake --build .cache/llama-server/build --target llama-server -j 2
 
 clean:
 	rm -rf site .cache .pytest_cache

@@ -52,6 +52,8 @@ from publish import publish
 from vllm_cpu import installed_distributions, vllm_command, vllm_version
 
 SNIPPETS, PEERS = REPO / "snippets", REPO / "benchmarks" / "peers"
+# llama.cpp's server, built from the llama.cpp source llama-cpp-python's sdist vendors (Makefile).
+LLAMA_SERVER = REPO / ".cache" / "llama-server" / "build" / "bin" / "llama-server"
 PY = sys.executable
 EMBEDDING_FIGURES = ["requests_per_s", "latency_p50", "latency_p95", "latency_p99"]
 LLM_FIGURES = [
@@ -182,6 +184,28 @@ def llm_contenders() -> dict:
             workloads.CHAT_MODEL,
             [],
             ["llama-cpp-python[server]"],
+        )
+    if LLAMA_SERVER.exists():  # llama.cpp's own server, built with CMake by `make bench` only
+        contenders["llama.cpp (llama-server, 8 slots, GGUF Q4_1)"] = (
+            [
+                str(LLAMA_SERVER),
+                "--model",
+                str(gguf_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                "--alias",
+                workloads.CHAT_MODEL,
+                "--threads",
+                "2",
+                # 8 slots share the context: 1,024 tokens each; batching across slots is its default
+                "--parallel",
+                "8",
+                "--ctx-size",
+                "8192",
+                "--host",
+                "127.0.0.1",
+            ],
+            workloads.CHAT_MODEL,
+            [],
+            [],
         )
     return contenders
 

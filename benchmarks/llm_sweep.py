@@ -8,6 +8,7 @@ Goodput: the highest rate the sweep measured whose TTFT p95 and ITL p95 both mee
 
     python benchmarks/llm_sweep.py            # writes results/llm_sweep.json and .md
     python benchmarks/llm_sweep.py --quick    # a tiny sweep of this guide's server only
+    python benchmarks/llm_sweep.py --quick --url "this guide's LLM server=URL"   # one running
 """
 
 import argparse
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from harness import REPO, Server, free_port, machine
+from harness import REPO, add_url_option, contender, contender_urls, free_port, machine
 from llm_server import MODEL_DIR
 from peers import llm_contenders
 from provenance import provenance
@@ -98,16 +99,16 @@ def markdown_table(result: dict) -> str:
         ),
         "|---|---:|---:|---|---|---:|---|",
     ]
-    for name, contender in result["contenders"].items():
-        rows = {r["strategy"]: r for r in contender["strategies"]}
+    for name, entry in result["contenders"].items():
+        rows = {r["strategy"]: r for r in entry["strategies"]}
         one, full = rows["synchronous"], rows["throughput"]
         ttft = " / ".join(f"{full[f'time_to_first_token_ms_{p}']:.0f}" for p in PERCENTILES)
         itl = " / ".join(f"{full[f'inter_token_latency_ms_{p}']:.0f}" for p in PERCENTILES)
-        wrong = sum(r["wrong_length"] for r in contender["strategies"])
+        wrong = sum(r["wrong_length"] for r in entry["strategies"])
         held = "yes" if wrong == 0 else f"no: {wrong} requests another length (apart)"
         lines.append(
             f"| {name} | {one['output_tokens_per_s']:.1f} | {full['output_tokens_per_s']:.1f} | "
-            f"{ttft} | {itl} | {contender['goodput']:.2f} | {held} |"
+            f"{ttft} | {itl} | {entry['goodput']:.2f} | {held} |"
         )
     shape = result["shape"]
     lines += [
@@ -132,6 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny sweep of this guide's server")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    add_url_option(parser)
     args = parser.parse_args()
     if not GUIDELLM.exists():
         raise SystemExit(f"{GUIDELLM} missing: make bench installs guidellm into .venv-guidellm")
@@ -141,6 +143,7 @@ def main() -> None:
     contenders = llm_contenders()
     if args.quick:
         contenders = dict(list(contenders.items())[:1])
+    urls = contender_urls(parser, args, contenders)
     result = {
         "provenance": provenance([Path(__file__)], ("transformers", "llama-cpp-python")),
         **machine(),
@@ -153,7 +156,8 @@ def main() -> None:
     for name, (command, model, _, _) in contenders.items():
         port = free_port()
         ready = "/v1/models" if "llama" in name else "/health"
-        with Server([*command, "--port", str(port)], port, ready_path=ready, timeout=600) as server:
+        command = [*command, "--port", str(port)]
+        with contender(name, urls, command, port, ready_path=ready, timeout=600) as server:
             report = guidellm(server.url, model, Path(tempfile.mkdtemp()), shape)
         rows = [strategy_row(b, shape["output"]) for b in report["benchmarks"]]
         result["contenders"][name] = {

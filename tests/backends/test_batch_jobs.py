@@ -5,11 +5,11 @@ What the page claims: the client, killed midway (SIGKILL) and run again, ends wi
 custom_id in the output exactly once, and the server's request log shows at most as many repeated
 requests as the client's concurrency; a line cut short by the kill is dropped and its request
 sent again; requests the server could not take stay unanswered for the next run; a bad batch
-file is a one-line error. vLLM's runner answers the same file with output lines of the same shape.
+file is a one-line error. vLLM's runner answers the same file with output lines of the same shape
+(tests/benchmarks/test_batch_jobs_benchmark.py, which runs it through the batch benchmark).
 """
 
 import json
-import re
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +18,7 @@ import time
 from collections import Counter
 
 import pytest
-from helpers import REPO, SNIPPETS, free_port, load_snippet, wait_until
+from helpers import SNIPPETS, free_port, load_snippet, wait_until
 
 CLIENT = "backends/batch_client.py"
 BATCH = SNIPPETS / "backends" / "batch_requests.jsonl"
@@ -122,27 +122,3 @@ def test_a_bad_batch_file_is_a_one_line_error(tmp_path, lines, message):
     assert run.returncode == 2
     assert run.stderr.startswith(f"error: {batch}:{message}")
     assert len(run.stderr.strip().splitlines()) == 1
-
-
-def test_vllms_batch_runner_answers_the_same_file(smollm2_dir, tmp_path):
-    """The page's command (benchmarks/batch_jobs.py runs it too), run offline with the suite's
-    eager, float32 flags: every custom_id once, in output lines of the client's shape."""
-    from batch_jobs import OFFLINE_COMMAND, offline_argv, run_offline
-    from vllm_kit import SUITE_FLAGS
-
-    page = (REPO / "docs" / "backends" / "features.md").read_text()
-    assert OFFLINE_COMMAND in re.sub(r"\s*\\\n\s*", " ", page)  # continuation lines joined
-    output = tmp_path / "answers.jsonl"
-    assert run_offline(offline_argv(BATCH, output, smollm2_dir, *SUITE_FLAGS)) > 0
-    lines = answered(output)
-    assert sorted(line["custom_id"] for line in lines) == sorted(
-        r["custom_id"] for r in batch_requests()
-    )
-    assert all(set(line) == OUTPUT_KEYS and line["error"] is None for line in lines)
-    assert all(line["response"]["status_code"] == 200 for line in lines)
-    assert all(line["response"]["body"]["choices"][0]["message"]["content"] for line in lines)
-    limit = {r["custom_id"]: r["body"]["max_tokens"] for r in batch_requests()}
-    assert all(
-        0 < line["response"]["body"]["usage"]["completion_tokens"] <= limit[line["custom_id"]]
-        for line in lines
-    )

@@ -105,3 +105,20 @@ def test_broken_anchor_fails_the_build(tmp_path):
     )
     assert proc.returncode != 0
     assert "no-such-heading" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("page", "sections"),
+    [
+        ("customer-needs/index.md", ["tool-calling", "lora-adapters", "batch-jobs"]),
+        ("budget/index.md", ["lora-adapters", "batch-jobs"]),
+        ("backends/index.md", [""]),
+    ],
+)
+def test_the_deciding_pages_link_the_engine_features(page, sections):
+    """Where a reader decides (needs, budget) and where engines are chosen, the features page's
+    sections are a link away; the strict build checks that the anchors exist."""
+    text = (DOCS / page).read_text()
+    target = "features.md" if page.startswith("backends/") else "../backends/features.md"
+    for section in sections:
+        assert f"]({target}{'#' + section if section else ''})" in text, section

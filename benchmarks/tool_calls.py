@@ -20,6 +20,7 @@ engine's entry and keeps the others' (each with the commit and date it was measu
 
 import argparse
 import asyncio
+import collections
 import json
 import sys
 from pathlib import Path
@@ -116,6 +117,7 @@ def judge(i: int, choice) -> dict:
         "tool_calls": choice.finish_reason == "tool_calls",
         "content_null": message.content is None,
         "valid": valid(text, PARAMETERS.get(name)),
+        "finish_reason": choice.finish_reason,
     }
 
 
@@ -142,13 +144,20 @@ async def run_mode(client: AsyncOpenAI, model: str, mode: str, n: int) -> dict:
                 )
             except APIStatusError as error:
                 refusals.append(f"HTTP {error.status_code}: {error.message}"[:300])
-                return {"tool_calls": False, "content_null": False, "valid": False}
+                return {
+                    "tool_calls": False,
+                    "content_null": False,
+                    "valid": False,
+                    "finish_reason": None,
+                }
         return judge(i, reply.choices[0])
 
     answers = await asyncio.gather(*(one(i) for i in range(n)))
-    counts = {key: sum(a[key] for a in answers) for key in ("tool_calls", "content_null", "valid")}
-    counts["all_three"] = sum(all(a.values()) for a in answers)
+    checks = ("tool_calls", "content_null", "valid")
+    counts = {key: sum(a[key] for a in answers) for key in checks}
+    counts["all_three"] = sum(all(a[key] for key in checks) for a in answers)
     counts["refused"] = len(refusals)
+    counts["finish_reasons"] = dict(collections.Counter(str(a["finish_reason"]) for a in answers))
     first = {"first_refusal": refusals[0]} if refusals else {}
     return {"requests": n, **counts, "share": round(counts["all_three"] / n, 3), **first}
 
@@ -175,10 +184,15 @@ def measure(url: str, model: str, n: int) -> dict:
     return {"modes": asyncio.run(all_modes()), "invalid_schema": invalid_schema_answer(url, model)}
 
 
+def reasons(counts: dict) -> str:
+    """Finish reasons as `tool_calls` 49, `length` 1 (None: the request was refused)."""
+    return ", ".join(f"`{reason}` {n}" for reason, n in sorted(counts.items(), key=lambda c: -c[1]))
+
+
 def markdown_table(result: dict) -> str:
     header = "| engine | tool_choice | requests | finish_reason tool_calls | content null |"
-    header += " valid arguments | all three | refused |"
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    header += " valid arguments | all three | refused | finish reasons |"
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     refusals = []
     for engine, entry in result["engines"].items():
         for mode, row in entry["modes"].items():
@@ -186,7 +200,7 @@ def markdown_table(result: dict) -> str:
             lines.append(
                 f"| {engine} | {label} | {row['requests']} | {row['tool_calls']} "
                 f"| {row['content_null']} | {row['valid']} | {row['all_three']} "
-                f"| {row.get('refused', 0)} |"
+                f"| {row['refused']} | {reasons(row['finish_reasons'])} |"
             )
             if "first_refusal" in row:
                 refusals.append(f"- {engine}, {label}: `{row['first_refusal'][:200]}`")

@@ -12,6 +12,7 @@ def test_quick_run(run_quick, llm_server):
     for mode in ("named", "required"):
         row = entry["modes"][mode]
         assert row["all_three"] == row["requests"] == 5 and row["refused"] == 0, (mode, row)
+        assert row["finish_reasons"] == {"tool_calls": 5}
     assert entry["invalid_schema"]["status"] == 400
     assert "tools[0].function.parameters" in entry["invalid_schema"]["body"]
     assert f"| {OURS} | named | 5 | 5 | 5 | 5 | 5 | 0 |" in table

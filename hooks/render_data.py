@@ -286,6 +286,54 @@ def embedding_replicas_example() -> str:
     )
 
 
+def measured(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def who_wins() -> str:
+    """The measured winner of each workload, from the peer run, the guidellm sweep and the
+    capacity sweep, with what the winner costs to start, hold in memory and write."""
+    peers, sweep, capacity = measured("peers"), measured("llm_sweep"), measured("capacity")
+
+    def best_at(rows: list[dict], figure: str, clients: int) -> tuple[str, float]:
+        row = max((r for r in rows if r["clients"] == clients), key=lambda r: r[figure])
+        return row["contender"], row[figure]
+
+    goodput = max(sweep["contenders"].items(), key=lambda item: item[1]["goodput"])
+    slo = max(capacity["engines"].items(), key=lambda item: item[1]["capacity_rps"])
+    wins = [
+        ("LLM, 8 clients", *best_at(peers["llm"], "output_tokens_per_s", 8), "output tok/s"),
+        ("LLM, one stream", *best_at(peers["llm"], "output_tokens_per_s", 1), "output tok/s"),
+        (
+            "LLM goodput at the sweep's TTFT and ITL targets",
+            goodput[0],
+            goodput[1]["goodput"],
+            "req/s",
+        ),
+        ("embeddings, 64 clients", *best_at(peers["embedding"], "requests_per_s", 64), "req/s"),
+        (
+            f"embeddings within {capacity['target_ms']:g} ms p95",
+            slo[0],
+            slo[1]["capacity_rps"],
+            "req/s",
+        ),
+    ]
+    rows = [
+        "| workload | measured winner | its figure | start-up s | peak memory MB | lines you write |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for workload, name, figure, unit in wins:
+        start = peers["startup_median_s"].get(name)
+        memory = peers["peak_memory_mb"].get(name)
+        rows.append(
+            f"| {workload} | {name} | {figure:.1f} {unit} | "
+            f"{f'{start:.0f}' if start is not None else '-'} | "
+            f"{f'{memory:,.0f}' if memory is not None else '-'} | "
+            f"{peers['lines_you_write'].get(name, '-')} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def redaction_report() -> str:
     """What the PII rules catch and miss on the project's own test set, computed at build time."""
     sys.path.insert(0, str(REPO / "snippets" / "data_flywheel"))
@@ -410,6 +458,7 @@ RENDERERS = {
         peak_window_example,
         embedding_replicas_example,
         redaction_report,
+        who_wins,
     )
 }
 

@@ -105,6 +105,7 @@ bench: install $(VLLM_STAMP) $(GUIDELLM_STAMP)
 	$(MAKE) $(LLAMA_SERVER)
 	$(PY) benchmarks/peers.py
 	$(PY) benchmarks/llm_sweep.py
+	$(PY) benchmarks/decode_step.py
 	# vLLM beside this guide's servers: agreement, capacity at the SLO, its limits, the features.
 	$(PY) benchmarks/agreement.py
 	$(PY) benchmarks/capacity.py

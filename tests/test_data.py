@@ -92,3 +92,35 @@ def test_pages_render_every_entry_and_reject_unknown_markers():
     assert "[archived copy](https://web.archive.org/web/2023/https://neptune.ai/" in tutorials
     with pytest.raises(ValueError, match="unknown render marker 'nope'"):
         render_data.render("<!-- render: nope -->")
+
+
+LLM_FEATURES = ["tool_calling", "lora", "batch_jobs"]
+SUPPORT = {"yes", "partial", "no", "unknown"}
+WITH_FEATURES = [b for b in BACKENDS if "features" in b]
+
+
+def test_the_llm_engines_say_what_they_support_with_a_version_and_a_registered_source():
+    registered = {
+        e["url"] for e in yaml.safe_load((REPO / "data" / "links.yaml").read_text())["links"]
+    }
+    names = {b["name"] for b in WITH_FEATURES}
+    assert {"vLLM", "SGLang", "TensorRT-LLM", "llama.cpp server", "Ollama"} <= names
+    for entry in WITH_FEATURES:
+        for key in LLM_FEATURES:
+            fact = entry["features"][key]
+            assert fact["support"] in SUPPORT, (entry["name"], key)
+            assert fact["how"] and "|" not in fact["how"], (entry["name"], key)
+            if fact["support"] == "unknown":
+                assert "not found" in fact["how"], (entry["name"], key)
+                continue
+            assert fact["version"] and fact["source"] in registered, (entry["name"], key)
+    assert "400" in by_name("vLLM")["features"]["tool_calling"]["how"]
+
+
+def test_the_feature_table_has_one_row_per_engine_and_sits_on_the_features_page():
+    table = render_data.feature_support_table()
+    rows = [line for line in table.splitlines() if line.startswith("| [")]
+    assert [row.split("](")[0][3:] for row in rows] == [b["name"] for b in WITH_FEATURES]
+    assert all(row.count(" | ") == 3 for row in rows)
+    page = render_data.render((REPO / "docs" / "backends" / "features.md").read_text())
+    assert rows[0] in page and "<!-- render:" not in page

@@ -384,6 +384,35 @@ def engine_ratios() -> str:
     return "\n".join(rows) + "\n"
 
 
+def nightly_batch_example(tickets: str = "10000") -> str:
+    """A nightly job priced both ways from the batch benchmark: `tickets` requests of the
+    internal-chat spec's output length, through vLLM's offline runner or sent to the online
+    server at the busiest load that still met the interactive targets, on the benchmark's host."""
+    run = measured("batch_jobs")
+    tokens = int(tickets) * run["max_tokens"]
+    price = run["price"]
+    ways = [("offline batch runner", run["offline"])]
+    if run["online_at_target"]:
+        best = run["online_at_target"]
+        ways.append((f"online server, {best['concurrency']} at a time (targets met)", best))
+    job = (
+        f"{int(tickets):,} requests of {run['max_tokens']} output tokens each: "
+        f"{tokens / 1e6:g} million output tokens, on {price['host']} at ${price['per_hour']:g} "
+        f"an hour ([price source]({price['source']}))."
+    )
+    rows = [
+        job,
+        "",
+        "| way | output tokens/s | hours the night's job takes | $ for the job |",
+        "|---|---:|---:|---:|",
+    ]
+    for way, figures in ways:
+        hours = tokens / figures["output_tokens_per_s"] / 3600
+        dollars = tokens / 1e6 * figures["cost_per_million"]
+        rows.append(f"| {way} | {figures['output_tokens_per_s']:g} | {hours:.1f} | {dollars:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
 def redaction_report() -> str:
     """What the PII rules catch and miss on the project's own test set, computed at build time."""
     sys.path.insert(0, str(REPO / "snippets" / "data_flywheel"))
@@ -511,6 +540,7 @@ RENDERERS = {
         redaction_report,
         who_wins,
         engine_ratios,
+        nightly_batch_example,
     )
 }
 

@@ -6,8 +6,10 @@ step say whether that step was a near-tie (top-2 gap below 1e-3), which float ro
 either way, or a bug.
 
     python benchmarks/agreement.py    # starts both servers, writes results/agreement.json and .md
+    python benchmarks/agreement.py --quick --url "this guide's server=URL" --url "vLLM=URL"
 
-tests/backends/test_engines.py applies the same rule to the suite's running servers.
+The suite runs the second form on its own float32 servers and holds both to the rule
+(tests/benchmarks/test_agreement.py).
 """
 
 import argparse
@@ -129,16 +131,21 @@ def markdown_table(rows: list[dict], engines: list[str]) -> str:
 
 
 def main() -> None:
-    from harness import REPO, Server, free_port, machine
+    from harness import REPO, add_url_option, contender, contender_urls, free_port, machine
     from provenance import provenance
     from publish import publish
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from vllm_cpu import catalogue_command, command_argv, vllm_env, vllm_version
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="with --url: running servers")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the reference")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    add_url_option(parser)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    engines = ["this guide's server", "vLLM"]
+    urls = contender_urls(parser, args, engines)
+    torch.set_num_threads(args.threads)
     folder = REPO / "models" / "smollm2-135m-instruct"
     server = REPO / "snippets" / "backends" / "llm_server.py"
     started = provenance([Path(__file__), server])
@@ -149,10 +156,13 @@ def main() -> None:
     vllm += ["--port", str(vllm_port)]
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    with Server(ours, ours_port) as a, Server(vllm, vllm_port, env=vllm_env(1)) as b:
-        rows = agreement(tokenizer, model, {"this guide's server": a.url, "vLLM": b.url})
-    engines = ["this guide's server", "vLLM"]
+    with (
+        contender(engines[0], urls, ours, ours_port) as a,
+        contender(engines[1], urls, vllm, vllm_port, env=vllm_env(1)) as b,
+    ):
+        rows = agreement(tokenizer, model, {engines[0]: a.url, engines[1]: b.url})
     result = {
+        "quick": args.quick,
         "machine": machine(),
         "vllm": vllm_version(),
         "rows": rows,

@@ -6,6 +6,8 @@ planner computes; tests/backends/test_vllm_operations.py checks the same behavio
 running vLLM.
 
     python benchmarks/vllm_limits.py    # starts vLLM-CPU twice, writes results/vllm_limits.json|md
+    python benchmarks/vllm_limits.py --quick --url vLLM=URL   # queueing on a running vLLM started
+                                        # with --max-num-seqs 4; no SIGTERM (not its server)
 """
 
 import argparse
@@ -185,12 +187,7 @@ def markdown_table(result: dict) -> str:
                     f"`vllm:request_queue_time_seconds` mean {queue['queue_time_mean_s']:g} s | queueing is "
                     "what the plan's TTFT model adds to prefill |"
                 ),
-                (
-                    f"| SIGTERM after the first token, `--shutdown-timeout {result['shutdown_timeout']}` | "
-                    f"the stream finished: {drain['completion_tokens']} of {drain['asked']} tokens, "
-                    f"finish_reason `{drain['finish_reason']}`, exit {drain['exit_code']} | the bundle "
-                    "sets the grace period above the timeout |"
-                ),
+                sigterm_row(drain, result["shutdown_timeout"]),
                 "",
                 (
                     f"vLLM-CPU ({result['vllm']}), SmolLM2-135M-Instruct in float32, eager, "
@@ -202,29 +199,49 @@ def markdown_table(result: dict) -> str:
     )
 
 
+def sigterm_row(drain: dict | None, timeout: int) -> str:
+    case = f"| SIGTERM after the first token, `--shutdown-timeout {timeout}` | "
+    if drain is None:
+        return case + "not run: the server was not started by this run | - |"
+    return case + (
+        f"the stream finished: {drain['completion_tokens']} of {drain['asked']} tokens, "
+        f"finish_reason `{drain['finish_reason']}`, exit {drain['exit_code']} | the bundle "
+        "sets the grace period above the timeout |"
+    )
+
+
 SHUTDOWN_TIMEOUT = 30
 MAX_NUM_SEQS = 4
 
 
 def main() -> None:
-    from harness import Server, free_port, machine
+    from harness import Server, add_url_option, contender_urls, free_port, machine
     from provenance import provenance
     from publish import publish
     from vllm_cpu import vllm_version
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two waves; with --url, no SIGTERM")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    add_url_option(parser)
     args = parser.parse_args()
+    urls = contender_urls(parser, args, ["vLLM"])
     folder = REPO / "models" / "smollm2-135m-instruct"
     started = provenance([Path(__file__)])
-    result = {"provenance": started, **machine(), "vllm": vllm_version()}
+    result = {"provenance": started, **machine(), "quick": args.quick, "vllm": vllm_version()}
     result["too_small"] = too_small_start(folder)
-    port = free_port()
-    flags = ["--enforce-eager", "--dtype", "float32", "--max-num-seqs", str(MAX_NUM_SEQS)]
-    flags += ["--shutdown-timeout", str(SHUTDOWN_TIMEOUT), "--port", str(port)]
-    with Server(command_argv(catalogue_command(), folder, *flags), port, env=vllm_env(1)) as server:
-        result["queueing"] = queueing(server.url, MAX_NUM_SEQS)
-        result["sigterm"] = drain_on_sigterm(server.url, server.proc)
+    waves, tokens = (2, 32) if args.quick else (3, 48)
+    if "vLLM" in urls:
+        result["queueing"] = queueing(urls["vLLM"], MAX_NUM_SEQS, waves, tokens)
+        result["sigterm"] = None
+    else:
+        port = free_port()
+        flags = ["--enforce-eager", "--dtype", "float32", "--max-num-seqs", str(MAX_NUM_SEQS)]
+        flags += ["--shutdown-timeout", str(SHUTDOWN_TIMEOUT), "--port", str(port)]
+        command = command_argv(catalogue_command(), folder, *flags)
+        with Server(command, port, env=vllm_env(1)) as server:
+            result["queueing"] = queueing(server.url, MAX_NUM_SEQS, waves, tokens)
+            result["sigterm"] = drain_on_sigterm(server.url, server.proc)
     result["shutdown_timeout"] = SHUTDOWN_TIMEOUT
     publish("vllm_limits", result, markdown_table(result), args.out_dir)
 

@@ -1,7 +1,7 @@
-"""The suite's vLLM checked against the planner and at its limits: the KV cache it reports equals
-the planner's figure, a cache too small for `--max-model-len` stops it at start with its own
-message, a burst over `--max-num-seqs` waits in its queue, and SIGTERM drains a stream in flight.
-benchmarks/vllm_limits.py publishes the same cases for the page."""
+"""The suite's vLLM checked against the planner and in operation: the KV cache it reports equals
+the planner's figure, every metric the alert rules read is in its scrape, and SIGTERM drains a
+stream in flight. benchmarks/vllm_limits.py publishes the limits for the page; its quick-mode test
+(tests/benchmarks/test_vllm_limits.py) runs the too-small start and the queueing burst."""
 
 import json
 import re
@@ -10,7 +10,6 @@ import pytest
 import requests
 import vllm_limits
 from helpers import load_snippet
-from vllm_kit import MAX_NUM_SEQS
 
 pytestmark = pytest.mark.slow
 GIB = 2**30
@@ -25,22 +24,6 @@ def test_the_kv_cache_vllm_reports_equals_the_planners_within_one_block(vllm_cha
     config = json.loads((smollm2_dir / "config.json").read_text())
     planned = compute.kv_cache_tokens(config, 1 * GIB, "float32")  # VLLM_CPU_KVCACHE_SPACE=1
     assert abs(planned - reported) < BLOCK, (planned, reported)
-
-
-def test_a_kv_cache_too_small_for_max_model_len_stops_vllm_at_start(smollm2_dir):
-    """The one extra vLLM start of the suite; it fails within seconds of loading the model."""
-    small = vllm_limits.too_small_start(smollm2_dir)
-    assert small["exit_code"] != 0
-    assert small["vllm_says"].startswith("To serve at least one request with the model's max seq")
-    assert small["planner_tokens_that_fit"] < small["max_model_len"]
-    assert small["planner_bytes_needed"] > small["kv_cache_bytes"]
-
-
-def test_a_burst_over_max_num_seqs_waits_in_vllms_queue(vllm_chat):
-    queue = vllm_limits.queueing(vllm_chat.url, MAX_NUM_SEQS, waves=2, tokens=32)
-    assert queue["queue_time_count"] == 2 * MAX_NUM_SEQS
-    assert queue["queue_time_mean_s"] > 0
-    assert queue["ttft_slowest_s"] > 2 * queue["ttft_fastest_wave_s"]
 
 
 def test_every_vllm_metric_the_alert_rules_and_queries_use_is_in_its_scrape(vllm_chat):

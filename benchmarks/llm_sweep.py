@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import requests
 from harness import REPO, add_url_option, contender, contender_urls, free_port, machine
 from llm_server import MODEL_DIR
 from peers import llm_contenders
@@ -121,7 +122,18 @@ def markdown_table(result: dict) -> str:
             f"cores ({result['processor']}), {result['vllm']}, {result['date']}."
         ),
     ]
+    for name, answer in result["refused"].items():
+        lines.append(f"\n- {name}: not measured, it refuses guidellm's requests (`{answer}`).")
     return "\n".join(lines) + "\n"
+
+
+def refusal(url: str, model: str) -> str:
+    """Why a server failed guidellm's run: its answer to one request of guidellm's shape (a
+    streamed chat request with `ignore_eos`, the extension that fixes the output length)."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+    body |= {"stream": True, "ignore_eos": True}
+    answer = requests.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    return f"HTTP {answer.status_code}: {answer.text[:200]}"
 
 
 def guidellm_version() -> str:
@@ -152,13 +164,19 @@ def main() -> None:
         "guidellm": guidellm_version(),
         "shape": shape,
         "contenders": {},
+        "refused": {},
     }
     for name, (command, model, _, _) in contenders.items():
         port = free_port()
         ready = "/v1/models" if "llama" in name else "/health"
         command = [*command, "--port", str(port)]
         with contender(name, urls, command, port, ready_path=ready, timeout=600) as server:
-            report = guidellm(server.url, model, Path(tempfile.mkdtemp()), shape)
+            try:
+                report = guidellm(server.url, model, Path(tempfile.mkdtemp()), shape)
+            except subprocess.CalledProcessError:
+                result["refused"][name] = refusal(server.url, model)
+                print(name, "refused:", result["refused"][name], flush=True)
+                continue
         rows = [strategy_row(b, shape["output"]) for b in report["benchmarks"]]
         result["contenders"][name] = {
             "startup_s": round(server.startup_s, 1),

@@ -123,13 +123,16 @@ def markdown_table(result: dict) -> str:
         ),
     ]
     for name, answer in result["refused"].items():
-        lines.append(f"\n- {name}: not measured, it refuses guidellm's requests (`{answer}`).")
+        lines.append(
+            f"\n- {name}: not measured, guidellm's run against it failed; one request of "
+            f"guidellm's shape (streamed, `ignore_eos`) got `{answer}`."
+        )
     return "\n".join(lines) + "\n"
 
 
 def refusal(url: str, model: str) -> str:
-    """Why a server failed guidellm's run: its answer to one request of guidellm's shape (a
-    streamed chat request with `ignore_eos`, the extension that fixes the output length)."""
+    """A clue to why guidellm's run failed: the server's answer to one request of guidellm's shape
+    (a streamed chat request with `ignore_eos`, the extension that fixes the output length)."""
     body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
     body |= {"stream": True, "ignore_eos": True}
     answer = requests.post(f"{url}/v1/chat/completions", json=body, timeout=120)

@@ -252,11 +252,14 @@ def plan(spec_name: str) -> str:
     return re.sub(r"^#", "##", markdown, flags=re.MULTILINE)
 
 
+def measured(name: str) -> dict:
+    """A results file of the benchmarks, as JSON."""
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
 def measured_gains() -> str:
     """The batching gains, read from the benchmark results so the prose never goes stale."""
-    results = REPO / "benchmarks" / "results"
-    embed = json.loads((results / "embedding_server.json").read_text())
-    llm = json.loads((results / "llm_server.json").read_text())
+    embed, llm = measured("embedding_server"), measured("llm_server")
     embed_gain = embed["targets"]["speed-up from batching at concurrency 32"]["value"]
     llm_gain = llm["targets"]["continuous batching vs one at a time, tok/s at 8 clients"]["value"]
     return (
@@ -304,62 +307,15 @@ def embedding_target_ms() -> float:
 
 def embedding_replicas_example() -> str:
     """The replica arithmetic of the embedding plan, from the measured CPU capacity at its target."""
-    rps = planner.measured_cpu_embeddings_rps(embedding_target_ms())
+    target_ms = embedding_target_ms()
+    rps = planner.measured_cpu_embeddings_rps(target_ms)
     replicas = planner.budget.replicas_needed(600, rps, 0.7, spare=1)
     return (
         f"600 requests/s at peak over {rps:g} requests/s measured per replica "
-        f"([capacity at {embedding_target_ms():g} ms p95](../planning/index.md#capacity-at-the-latency-target)) at 70 % busy, plus one spare: "
+        f"([capacity at {target_ms:g} ms p95](../planning/index.md#capacity-at-the-latency-target)) at 70 % busy, plus one spare: "
         f"ceil(600 / ({rps:g} x 0.7)) + 1 = **{replicas} replicas**; always on at $0.1785 an hour, "
         f"{replicas} x 730 h x $0.1785 = **${planner.budget.always_on_monthly(0.1785, replicas):,.0f} a month**.\n"
     )
-
-
-def measured(name: str) -> dict:
-    return json.loads((RESULTS / f"{name}.json").read_text())
-
-
-def who_wins() -> str:
-    """The measured winner of each workload, from the peer run, the guidellm sweep and the
-    capacity sweep, with what the winner costs to start, hold in memory and write."""
-    peers, sweep, capacity = measured("peers"), measured("llm_sweep"), measured("capacity")
-
-    def best_at(rows: list[dict], figure: str, clients: int) -> tuple[str, float]:
-        row = max((r for r in rows if r["clients"] == clients), key=lambda r: r[figure])
-        return row["contender"], row[figure]
-
-    goodput = max(sweep["contenders"].items(), key=lambda item: item[1]["goodput"])
-    slo = max(capacity["engines"].items(), key=lambda item: item[1]["capacity_rps"])
-    wins = [
-        ("LLM, 8 clients", *best_at(peers["llm"], "output_tokens_per_s", 8), "output tok/s"),
-        ("LLM, one stream", *best_at(peers["llm"], "output_tokens_per_s", 1), "output tok/s"),
-        (
-            "LLM goodput at the sweep's TTFT and ITL targets",
-            goodput[0],
-            goodput[1]["goodput"],
-            "req/s",
-        ),
-        ("embeddings, 64 clients", *best_at(peers["embedding"], "requests_per_s", 64), "req/s"),
-        (
-            f"embeddings within {capacity['target_ms']:g} ms p95",
-            slo[0],
-            slo[1]["capacity_rps"],
-            "req/s",
-        ),
-    ]
-    rows = [
-        "| workload | measured winner | its figure | start-up s | peak memory MB | lines you write |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for workload, name, figure, unit in wins:
-        start = peers["startup_median_s"].get(name)
-        memory = peers["peak_memory_mb"].get(name)
-        rows.append(
-            f"| {workload} | {name} | {figure:.1f} {unit} | "
-            f"{f'{start:.0f}' if start is not None else '-'} | "
-            f"{f'{memory:,.0f}' if memory is not None else '-'} | "
-            f"{peers['lines_you_write'].get(name, '-')} |"
-        )
-    return "\n".join(rows) + "\n"
 
 
 def engine_ratios() -> str:
@@ -432,7 +388,7 @@ def redaction_report() -> str:
 
 
 def format_row(model: str, fmt: str) -> dict:
-    rows = json.loads((REPO / "benchmarks" / "results" / "model_formats.json").read_text())["rows"]
+    rows = measured("model_formats")["rows"]
     return next(r for r in rows if r["model"] == model and r["format"].startswith(fmt))
 
 
@@ -501,7 +457,7 @@ def path_steps(words: list[str]) -> list[str | dict]:
 def measured_on(name: str) -> str:
     """The line under a results table: the commit and date it was measured on, and what has
     changed since in the files it measured and the packages they import."""
-    block = json.loads((RESULTS / f"{name}.json").read_text()).get("provenance")
+    block = measured(name).get("provenance")
     if block is None:
         raise ValueError(f"benchmarks/results/{name}.json has no provenance block")
     line = (
@@ -539,7 +495,6 @@ RENDERERS = {
         peak_window_example,
         embedding_replicas_example,
         redaction_report,
-        who_wins,
         engine_ratios,
         nightly_batch_example,
     )

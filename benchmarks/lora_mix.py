@@ -29,20 +29,9 @@ from harness import (
 )
 from provenance import provenance
 from publish import publish
-from vllm_cpu import vllm_command, vllm_version
+from vllm_cpu import INTENT_ADAPTER, LORA_FLAGS, vllm_command, vllm_version
 
 MODEL_DIR = REPO / "models" / "smollm2-135m-instruct"
-ADAPTER = REPO / "snippets" / "data_flywheel" / "adapters" / "intent-lora"
-LORA_FLAGS = [
-    "--enforce-eager",
-    "--enable-lora",
-    "--lora-modules",
-    f"intent={ADAPTER}",
-    "--max-lora-rank",
-    "8",
-    "--max-loras",
-    "2",
-]
 ENGINE = "vLLM"
 RUNS = {"base only": False, "mixed": True}
 QUESTIONS = [
@@ -101,7 +90,7 @@ def main() -> None:
         for run, mixed in RUNS.items()
     }
     result = {
-        "provenance": provenance([Path(__file__), LOADGEN, ADAPTER / "adapter_config.json"]),
+        "provenance": provenance([Path(__file__), LOADGEN, INTENT_ADAPTER / "adapter_config.json"]),
         **machine(),
         "quick": args.quick,
         "vllm": vllm_version(),
@@ -111,7 +100,11 @@ def main() -> None:
         "runs": {run: {"repeats": []} for run in RUNS},
     }
     port = free_port()
-    command = [*vllm_command("start", MODEL_DIR, *LORA_FLAGS), "--port", str(port)]
+    command = [
+        *vllm_command("start", MODEL_DIR, "--enforce-eager", *LORA_FLAGS),
+        "--port",
+        str(port),
+    ]
     with contender(ENGINE, urls, command, port, timeout=600) as server:
         for _ in range(repeats):
             for run in RUNS:

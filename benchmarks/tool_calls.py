@@ -33,13 +33,11 @@ from llm_server import MODEL_DIR
 from openai import APIStatusError, AsyncOpenAI
 from provenance import provenance
 from publish import publish
-from vllm_cpu import vllm_command
+from vllm_cpu import TOOL_FLAGS, vllm_command
 
 SERVER = REPO / "snippets" / "backends" / "llm_server.py"
 OURS = "this guide's server"
 VLLM = "vLLM (vllm-cpu 0.32, eager)"
-# The flags docs/backends/features.md gives for tool calling with a Hermes-style model.
-VLLM_TOOL_FLAGS = ["--enforce-eager", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
 MAX_TOKENS = 128  # room for a call with long values; the finish reasons show any cut short
 CONCURRENCY = 4
 UNITS = {"enum": ["km", "mi"]}
@@ -240,7 +238,7 @@ def main() -> None:
         port = free_port()
         command = [sys.executable, str(SERVER), "--model", str(MODEL_DIR)]
         if args.vllm:
-            command = vllm_command("start", MODEL_DIR, *VLLM_TOOL_FLAGS)
+            command = vllm_command("start", MODEL_DIR, "--enforce-eager", *TOOL_FLAGS)
         with Server([*command, "--port", str(port)], port, timeout=600) as server:
             entry = measure(server.url, args.model, n, args.modes)
     entry.update(commit=started["commit"], date=started["date"][:10], url=args.url or "started")

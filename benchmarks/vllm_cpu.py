@@ -17,6 +17,21 @@ VLLM_VENV = REPO / ".venv-vllm"
 VLLM_PYTHON = VLLM_VENV / "bin" / "python"
 API_SERVER = ["python", "-m", "vllm.entrypoints.openai.api_server"]
 
+# The flags docs/backends/features.md gives: tool calling as vLLM's documentation sets it up for a
+# Hermes-style model (the parser is needed even for a named function), and the intent LoRA adapter
+# served beside the base model, with room for a second one loaded at run time.
+INTENT_ADAPTER = REPO / "snippets" / "data_flywheel" / "adapters" / "intent-lora"
+TOOL_FLAGS = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+LORA_FLAGS = [
+    "--enable-lora",
+    "--lora-modules",
+    f"intent={INTENT_ADAPTER}",
+    "--max-lora-rank",
+    "8",
+    "--max-loras",
+    "2",
+]
+
 
 def catalogue_command(field: str = "start") -> str:
     """A vLLM start command the catalogue (data/backends.yaml) shows readers: `start` for the

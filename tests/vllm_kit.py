@@ -8,8 +8,16 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from helpers import REPO, free_port, serve_command
-from vllm_cpu import API_SERVER, VLLM_PYTHON, catalogue_command, command_argv, vllm_env
+from helpers import free_port, serve_command
+from vllm_cpu import (
+    API_SERVER,
+    LORA_FLAGS,
+    TOOL_FLAGS,
+    VLLM_PYTHON,
+    catalogue_command,
+    command_argv,
+    vllm_env,
+)
 
 # What the suite adds to the catalogue's command: eager mode starts in about half a minute instead
 # of two (no torch.compile); float32 makes greedy output comparable token for token with this
@@ -28,22 +36,8 @@ SUITE_FLAGS = [
 ]
 
 
-# The chat server's features (features.md): tool calling with the flags vLLM's documentation
-# gives (a parser even for a named function), and the intent LoRA adapter beside the base model,
-# with room for a second loaded at run time.
-ADAPTER = REPO / "snippets" / "data_flywheel" / "adapters" / "intent-lora"
-CHAT_FLAGS = [
-    "--enable-auto-tool-choice",
-    "--tool-call-parser",
-    "hermes",
-    "--enable-lora",
-    "--lora-modules",
-    f"intent={ADAPTER}",
-    "--max-lora-rank",
-    "8",
-    "--max-loras",
-    "2",
-]
+# The chat server's features (features.md): tool calling and the intent LoRA adapter.
+CHAT_FLAGS = [*TOOL_FLAGS, *LORA_FLAGS]
 RUNTIME_LORA = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
 
 

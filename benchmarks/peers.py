@@ -3,11 +3,12 @@ same models, the same workloads, the same load generator, in one run.
 
 Embeddings (all-MiniLM-L6-v2, the mixed-length workload): this guide's embedding server; plain
 FastAPI with no batching; LitServe with its batching (max_batch_size, batch_timeout); Ray Serve
-with @serve.batch, one replica and two; and the model called in process (the ceiling), at 1, 8,
-32 and 64 concurrent clients, closed loop. LLM (SmolLM2-135M-Instruct, the chat workload): this
-guide's server, `transformers serve --continuous-batching`, and llama.cpp's server through
-llama-cpp-python on the same model's GGUF (only when llama-cpp-python is installed: `make bench`
-builds it from source). Three repeats alternate the contenders; tables show medians and ranges.
+with @serve.batch, one replica and two; vLLM's pooling runner; and the model called in process
+(the ceiling), at 1, 8, 32 and 64 concurrent clients, closed loop. LLM (SmolLM2-135M-Instruct, the
+chat workload): this guide's server, `transformers serve --continuous-batching`, vLLM compiled
+(the catalogue's command), and llama.cpp on the same model's GGUF, through llama-cpp-python's
+server and through llama.cpp's own llama-server (each only where built: `make bench` builds both
+from source). Three repeats alternate the contenders; tables show medians and ranges.
 
 Per contender: throughput, latency percentiles, start-up time (process start to first answer),
 peak memory of all its processes, lines of code a reader writes, and the distributions its

@@ -117,7 +117,7 @@ def test_greedy_is_unaffected_by_a_sampled_neighbour(llm_server, greedy):
             hot = client.chat.completions.create(
                 model=MODEL,
                 messages=[{"role": "user", "content": "Tell a story."}],
-                max_tokens=60,
+                max_tokens=32,
                 temperature=1.5,
                 top_p=0.9,
                 seed=7,
@@ -132,17 +132,17 @@ def test_greedy_is_unaffected_by_a_sampled_neighbour(llm_server, greedy):
 
     sampled, greedy_reply = asyncio.run(pair())
     assert greedy_reply.choices[0].message.content == greedy(PROMPTS[1], 40)
-    again = chat(url, "Tell a story.", max_tokens=60, temperature=1.5, top_p=0.9, seed=7)
+    again = chat(url, "Tell a story.", max_tokens=32, temperature=1.5, top_p=0.9, seed=7)
     assert (
         again["choices"][0]["message"]["content"] == sampled.choices[0].message.content
     )  # the seed decides
-    other_seed = chat(url, "Tell a story.", max_tokens=60, temperature=1.5, top_p=0.9, seed=8)
+    other_seed = chat(url, "Tell a story.", max_tokens=32, temperature=1.5, top_p=0.9, seed=8)
     assert other_seed["choices"][0]["message"]["content"] != sampled.choices[0].message.content
 
 
 def test_a_short_request_joining_a_long_one_finishes_first(llm_server):
     """Continuous batching, observed: the short request joins the running batch and leaves it
-    as soon as it is done, while the long one keeps streaming."""
+    as soon as it is done, while the long one keeps streaming (then the test hangs up on it)."""
     url = llm_server.url
     running_seen: list[float] = []
 
@@ -186,13 +186,16 @@ def test_a_short_request_joining_a_long_one_finishes_first(llm_server):
                 temperature=0,
             )
             finished.append("short")
-            await reader
+            await asyncio.sleep(0.5)  # the long one would be done by now if it had been held up
+            reader.cancel()
+            await long_stream.close()
         stop.set()
         await watcher
         return finished
 
-    assert asyncio.run(scenario()) == ["short", "long"]
+    assert asyncio.run(scenario()) == ["short"]
     assert max(running_seen) >= 2  # both were in the batch at once
+    assert wait_until(lambda: metric(url, "llm_running_sequences") == 0, timeout=10)
 
 
 def test_stream_and_non_stream_agree(llm_server):
@@ -222,7 +225,7 @@ def test_stream_and_non_stream_agree(llm_server):
 
 def test_16_concurrent_streams_finish_with_the_right_reason(llm_server):
     async def one(client, i):
-        max_tokens = 4 + 6 * i
+        max_tokens = 4 + 3 * i
         stream = await client.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": f"Write a long essay about the number {i}."}],
@@ -650,7 +653,7 @@ def test_a_failed_prefill_fails_only_its_own_request(smollm2, smollm2_dir, greed
     decoder = AutoTokenizer.from_pretrained(smollm2_dir)
     llm = server.AsyncEngine(engine, tokenizer, decoder, server.Settings(request_timeout=300))
     threading.Thread(target=engine.run_forever, daemon=True).start()
-    prompts = [f"Write two sentences about the number {i}." for i in range(8)]
+    prompts = [f"Write two sentences about the number {i}." for i in range(4)]
 
     def prompt_ids(text: str) -> list[int]:
         return tokenizer.apply_chat_template(
@@ -664,7 +667,7 @@ def test_a_failed_prefill_fails_only_its_own_request(smollm2, smollm2_dir, greed
         greedy_params = server.SamplingParams(max_tokens=24, temperature=0)
         good = [llm.generate(prompt_ids(p), greedy_params) for p in prompts]
         answers = [asyncio.create_task(generation.text()) for generation in good]
-        while len(engine.running) < 8:  # wait until the eight are streaming
+        while len(engine.running) < len(prompts):  # wait until they are all streaming
             await asyncio.sleep(0.05)
         bad = llm.generate(prompt_ids("Please EXPLODE now."), server.SamplingParams(max_tokens=24))
         with pytest.raises(server.ApiError, match="injected prefill failure"):
@@ -757,7 +760,7 @@ def test_queue_full_and_deadlines(smollm2_dir):
         "--max-waiting",
         "1",
         "--request-timeout",
-        "3",
+        "2",
     ) as small:
 
         async def hammer():
@@ -769,7 +772,7 @@ def test_queue_full_and_deadlines(smollm2_dir):
                         await client.chat.completions.create(
                             model=MODEL,
                             messages=[{"role": "user", "content": f"Story {i}"}],
-                            max_tokens=20,
+                            max_tokens=10,
                         )
                         return 200, None
                     except APIStatusError as error:

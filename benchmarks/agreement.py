@@ -14,6 +14,7 @@ The suite runs the second form on its own float32 servers and holds both to the 
 
 import argparse
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -91,14 +92,18 @@ def compare(tokenizer, model, prompt: str, reference_ids: list[int], text: str) 
 
 
 def agreement(tokenizer, model, engines: dict[str, str]) -> list[dict]:
-    """For every prompt: the reference answer and each engine's comparison with it."""
+    """For every prompt: the reference answer and each engine's comparison with it. The engines
+    answer while the reference is computed, one request each at a time, so every engine decodes
+    the prompt alone, as it would a reader's single request."""
     rows = []
-    for prompt in PROMPTS:
-        ids = reference(tokenizer, model, prompt)
-        row = {"prompt": prompt, "reference": tokenizer.decode(ids)}
-        for name, url in engines.items():
-            row[name] = compare(tokenizer, model, prompt, ids, served_text(url, prompt))
-        rows.append(row)
+    with ThreadPoolExecutor(len(engines)) as pool:
+        for prompt in PROMPTS:
+            answers = {name: pool.submit(served_text, url, prompt) for name, url in engines.items()}
+            ids = reference(tokenizer, model, prompt)
+            row = {"prompt": prompt, "reference": tokenizer.decode(ids)}
+            for name, answer in answers.items():
+                row[name] = compare(tokenizer, model, prompt, ids, answer.result())
+            rows.append(row)
     return rows
 
 

@@ -25,6 +25,10 @@ import numpy as np
 import uvloop
 
 
+class Unanswered(ConnectionError):
+    """The connection ended before the status line: the server never read the request."""
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection that sends a JSON POST and reads the whole answer."""
 
@@ -39,13 +43,23 @@ class Connection:
 
     async def post(self, body: bytes) -> dict:
         """One request; a connection the server closed or reset counts as a failed request
-        (status 0) and the next request opens a new one."""
+        (status 0) and the next request opens a new one. One exception: a kept-alive connection
+        that ends before any answer was closed by the server between requests (llama-server does
+        so after every stream, whatever its Keep-Alive header says), so the request is sent once
+        more on a new connection."""
         started = time.perf_counter()
-        try:
-            return await self.exchange(body, started)
-        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
-            self.close()
-            return {"status": 0, "latency": time.perf_counter() - started}
+        for _ in range(2):
+            reused = self.writer is not None
+            try:
+                return await self.exchange(body, started)
+            except Unanswered:
+                self.close()
+                if not reused:
+                    break
+            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+                self.close()
+                break
+        return {"status": 0, "latency": time.perf_counter() - started}
 
     async def exchange(self, body: bytes, started: float) -> dict:
         if self.writer is not None and time.monotonic() - self.last_used > self.IDLE_LIMIT_S:
@@ -56,7 +70,13 @@ class Connection:
             b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%s"
             b"Content-Length: %d\r\n\r\n%s" % (self.path.encode(), self.headers, len(body), body)
         )
-        status = int((await self.reader.readline()).split()[1])
+        try:
+            status_line = await self.reader.readline()
+        except ConnectionResetError as error:
+            raise Unanswered from error
+        if not status_line:
+            raise Unanswered
+        status = int(status_line.split()[1])
         headers = {}
         while (line := await self.reader.readline()) != b"\r\n":
             name, _, value = line.partition(b":")

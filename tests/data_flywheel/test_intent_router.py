@@ -1,9 +1,10 @@
-"""data_flywheel/intent_router.py and registry.py against a stand-in embedding server: requests in
-flight keep their head through a promote or rollback, a canary of the stable version is refused,
-and a version name can never reach outside the registry.
+"""data_flywheel/intent_router.py and registry.py: requests in flight keep their head through a
+promote or rollback, a canary of the stable version is refused, a version name can never reach
+outside the registry, and text the embedding model cannot take is the client's 4xx.
 
-The stand-in answers like the embedding server (base64 float32) but holds every request until the
-test lets it go, so "a promote lands while requests are being embedded" happens on every run.
+All but the last test run against a stand-in embedding server. It answers like the embedding
+server (base64 float32) but holds every request until the test lets it go, so "a promote lands
+while requests are being embedded" happens on every run.
 """
 
 import base64
@@ -185,3 +186,23 @@ def test_the_cli_refuses_a_stable_version_outside_the_registry(registry_dir):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last_line = proc.stderr.strip().splitlines()[-1]
     assert "error: '../outside' is not a version name" in last_line
+
+
+def test_text_the_embedding_model_cannot_take_is_the_clients_error(embedding_server, tmp_path):
+    """Behind the real embedding server (schemathesis found a tab-only text answered 502): text
+    that is only whitespace is refused by the router itself, and text over the model's 256 tokens
+    comes back as the embedding server's 400 with its reason, not as the router's 502."""
+    rng = np.random.default_rng(0)
+    head = registry.train_head(rng.normal(size=(40, 384)), ["billing_refund", "other"] * 20)
+    registry.save(tmp_path / "registry", "v1", head, {})
+    args = ["--registry", str(tmp_path / "registry"), "--stable", "v1"]
+    with serve(ROUTER, *args, "--embedding-url", embedding_server.url) as router:
+        blank = httpx.post(router.url + "/v1/classify", json={"text": " \t\n"})
+        too_long = httpx.post(router.url + "/v1/classify", json={"text": "refund " * 300})
+        fine = httpx.post(router.url + "/v1/classify", json={"text": "I want my money back"})
+    error = error_of(blank, 400)
+    assert error["param"] == "text" and "is only whitespace" in error["message"]
+    error = error_of(too_long, 400)
+    assert error["param"] == "text" and error["code"] == "context_length_exceeded"
+    assert "the limit is 256" in error["message"], error
+    assert fine.status_code == 200 and fine.json()["model_version"] == "v1"

@@ -12,6 +12,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -98,6 +99,19 @@ def embedding_server(tmp_path_factory):
     with serve("backends/embedding_server.py", "--log-db", str(log_db)) as handle:
         handle.log_db = log_db
         yield handle
+
+
+@pytest.fixture(scope="session")
+def minilm_heads_registry(tmp_path_factory) -> Path:
+    """An intent-router registry with versions v1 and v2: classifier heads trained on random
+    384-dimension vectors (MiniLM's size), for a router in front of the real embedding server."""
+    registry = load_snippet("data_flywheel/registry.py")
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("minilm-heads") / "registry"
+    for version in ("v1", "v2"):
+        head = registry.train_head(rng.normal(size=(40, 384)), ["billing_refund", "other"] * 20)
+        registry.save(folder, version, head, {})
+    return folder
 
 
 @pytest.fixture(scope="session")

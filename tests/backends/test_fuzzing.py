@@ -14,9 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import requests
-from helpers import load_snippet, serve
+from helpers import serve
 
 ST = Path(sys.executable).with_name("st")  # schemathesis's command, from this environment
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))  # per operation; 0: each test's default
@@ -110,13 +109,8 @@ def test_fuzz_the_llm_server(smollm2_dir, tmp_path):
     print("LLM server:", cases, "cases")
 
 
-def test_fuzz_the_intent_router(embedding_server, tmp_path):
-    registry = load_snippet("data_flywheel/registry.py")
-    rng = np.random.default_rng(0)
-    for version in ("v1", "v2"):
-        head = registry.train_head(rng.normal(size=(40, 384)), ["billing_refund", "other"] * 20)
-        registry.save(tmp_path / "registry", version, head, {})
-    args = ["--registry", str(tmp_path / "registry"), "--stable", "v1"]
+def test_fuzz_the_intent_router(embedding_server, minilm_heads_registry, tmp_path):
+    args = ["--registry", str(minilm_heads_registry), "--stable", "v1"]
     args += ["--embedding-url", embedding_server.url, "--log-db", str(tmp_path / "router.db")]
     with serve("data_flywheel/intent_router.py", *args) as router:
         report = fuzz(router.url, tmp_path / "report", max_examples=60)

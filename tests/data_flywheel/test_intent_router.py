@@ -188,14 +188,13 @@ def test_the_cli_refuses_a_stable_version_outside_the_registry(registry_dir):
     assert "error: '../outside' is not a version name" in last_line
 
 
-def test_text_the_embedding_model_cannot_take_is_the_clients_error(embedding_server, tmp_path):
+def test_text_the_embedding_model_cannot_take_is_the_clients_error(
+    embedding_server, minilm_heads_registry
+):
     """Behind the real embedding server (schemathesis found a tab-only text answered 502): text
     that is only whitespace is refused by the router itself, and text over the model's 256 tokens
     comes back as the embedding server's 400 with its reason, not as the router's 502."""
-    rng = np.random.default_rng(0)
-    head = registry.train_head(rng.normal(size=(40, 384)), ["billing_refund", "other"] * 20)
-    registry.save(tmp_path / "registry", "v1", head, {})
-    args = ["--registry", str(tmp_path / "registry"), "--stable", "v1"]
+    args = ["--registry", str(minilm_heads_registry), "--stable", "v1"]
     with serve(ROUTER, *args, "--embedding-url", embedding_server.url) as router:
         blank = httpx.post(router.url + "/v1/classify", json={"text": " \t\n"})
         too_long = httpx.post(router.url + "/v1/classify", json={"text": "refund " * 300})
